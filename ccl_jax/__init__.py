@@ -1,0 +1,1 @@
+"""ccl_jax package."""
