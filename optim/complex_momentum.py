@@ -1,0 +1,376 @@
+"""Complex momentum and complex Adam as Optax transforms.
+
+Lorraine, Acuna, Vicol and Duvenaud, "Complex Momentum for Optimization in
+Games", AISTATS 2022, https://arxiv.org/abs/2102.08431.
+
+The momentum coefficient is a complex number
+:math:`\\beta = |\\beta| e^{i \\theta}`, the momentum buffer is complex, and the
+parameter step reads out its real part. Parameters and updates stay real, so the
+transforms are drop-in replacements for heavy-ball momentum and for Adam.
+
+Sign convention. Optax adds updates to parameters and the learning-rate scaling
+flips the sign, so the buffer kept here is :math:`b = -\\mu` of the paper:
+``b <- beta * b + g`` and ``update = -lr * Re(b)``, which is the paper's
+``mu <- beta * mu - g``, ``omega <- omega + Re(alpha * mu)`` for a real step
+size alpha.
+"""
+
+import math
+import numbers
+from typing import NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import optax
+
+__all__ = [
+    "ScaleByComplexMomentumState",
+    "ScaleByComplexBufferMomentumState",
+    "ScaleByComplexAdamState",
+    "scale_by_complex_momentum",
+    "complex_momentum",
+    "scale_by_complex_adam",
+    "complex_adam",
+]
+
+
+class ScaleByComplexMomentumState(NamedTuple):
+  """Two real buffers holding the complex momentum ``b = re + i * im``."""
+
+  re: optax.Updates  # same shapes as params, accumulator dtype
+  im: optax.Updates
+
+
+class ScaleByComplexBufferMomentumState(NamedTuple):
+  """One complex-dtype buffer (complex64, or complex128 for float64 leaves)."""
+
+  buf: optax.Updates
+
+
+class ScaleByComplexAdamState(NamedTuple):
+  """Complex first moment as two real buffers, real second moment, count."""
+
+  count: jax.Array  # shape=(), dtype=int32
+  mu_re: optax.Updates
+  mu_im: optax.Updates
+  nu: optax.Updates
+
+
+def _is_concrete(x) -> bool:
+  return isinstance(x, numbers.Real) and not isinstance(x, bool)
+
+
+def _check_hyper(name: str, value, *, low: float = 0.0) -> None:
+  """Validate a numeric hyperparameter given as a Python number.
+
+  Arrays and tracers are not inspected (they may come from
+  ``optax.inject_hyperparams`` or a sweep under ``jax.vmap``).
+  """
+  if _is_concrete(value) and not (math.isfinite(value) and value >= low):
+    raise ValueError(
+        f"{name} must be a finite number >= {low}, got {value!r}.")
+
+
+def _check_angle(name: str, value) -> None:
+  if _is_concrete(value) and not math.isfinite(value):
+    raise ValueError(f"{name} must be a finite angle in radians, got {value!r}.")
+
+
+def _polar(magnitude, angle):
+  """Real and imaginary parts of ``magnitude * exp(i * angle)``.
+
+  Python numbers stay Python floats (double precision, like a real ``decay``
+  handed to ``optax.trace``), so angle 0 reproduces heavy ball bit for bit.
+  """
+  if _is_concrete(magnitude) and _is_concrete(angle):
+    return magnitude * math.cos(angle), magnitude * math.sin(angle)
+  return magnitude * jnp.cos(angle), magnitude * jnp.sin(angle)
+
+
+def _as_arrays(*xs):
+  return tuple(jnp.asarray(x) for x in xs)
+
+
+def _canonical(dtype):
+  return None if dtype is None else jax.dtypes.canonicalize_dtype(dtype)
+
+
+def _complex_dtype(dtype):
+  return jnp.complex128 if jnp.dtype(dtype) == jnp.float64 else jnp.complex64
+
+
+def scale_by_complex_momentum(
+    magnitude: jax.typing.ArrayLike = 0.9,
+    angle: jax.typing.ArrayLike = math.pi / 8,
+    *,
+    complex_buffer: bool = False,
+    accumulator_dtype: Optional[jax.typing.DTypeLike] = None,
+) -> optax.GradientTransformation:
+  r"""Heavy-ball momentum with a complex coefficient, real part read out.
+
+  With :math:`\beta = |\beta| e^{i\theta}` and a complex buffer :math:`b_0 = 0`:
+
+  .. math::
+
+    b_{t+1} = \beta\, b_t + g_t, \qquad u_t = \operatorname{Re}(b_{t+1}).
+
+  Stored as two real buffers :math:`b = r + i\,s` this is
+
+  .. math::
+
+    r_{t+1} = g_t + \operatorname{Re}\beta\, r_t - \operatorname{Im}\beta\, s_t,
+    \qquad
+    s_{t+1} = \operatorname{Im}\beta\, r_t + \operatorname{Re}\beta\, s_t,
+
+  so the output weights the gradient history with a damped cosine,
+  :math:`u_t = \sum_k |\beta|^k \cos(k\theta)\, g_{t-k}`. With ``angle=0`` this is
+  exactly ``optax.trace(decay=magnitude)``; with ``magnitude=0`` it is the
+  identity.
+
+  Args:
+    magnitude: :math:`|\beta|`, a nonnegative number (0 gives plain gradient
+      descent).
+    angle: :math:`\arg\beta` in radians (0 gives heavy ball, :math:`\pi` negative
+      momentum).
+    complex_buffer: keep one complex-dtype buffer instead of two real ones. Same
+      numbers up to float rounding; the two-buffer form is the default because
+      it keeps every leaf in the parameter dtype.
+    accumulator_dtype: dtype of the real buffers (``None``: the parameter dtype).
+      Ignored when ``complex_buffer`` is set.
+
+  Returns:
+    An ``optax.GradientTransformation``.
+
+  Examples:
+    >>> import jax.numpy as jnp, optax
+    >>> tx = scale_by_complex_momentum(0.9, jnp.pi / 8)
+    >>> state = tx.init(jnp.zeros(2))
+    >>> u, state = tx.update(jnp.ones(2), state)
+    >>> u, state = tx.update(jnp.ones(2), state)
+    >>> print(u)  # 1 + 0.9 cos(pi/8)
+    [1.8314925 1.8314925]
+
+  References:
+    Lorraine et al., `Complex Momentum for Optimization in Games
+    <https://arxiv.org/abs/2102.08431>`_, 2022.
+
+  .. seealso:: :func:`complex_momentum`, :func:`scale_by_complex_adam`.
+  """
+  _check_hyper("magnitude", magnitude)
+  _check_angle("angle", angle)
+  acc_dtype = _canonical(accumulator_dtype)
+
+  if complex_buffer:
+
+    def init_fn(params):
+      return ScaleByComplexBufferMomentumState(buf=jax.tree.map(
+          lambda p: jnp.zeros(jnp.shape(p), _complex_dtype(p.dtype)), params))
+
+    def update_fn(updates, state, params=None):
+      del params
+      beta = jax.lax.complex(*_as_arrays(*_polar(magnitude, angle)))
+      buf = jax.tree.map(lambda g, b: beta.astype(b.dtype) * b + g,
+                         updates, state.buf)
+      out = jax.tree.map(lambda g, b: jnp.real(b).astype(g.dtype), updates, buf)
+      return out, ScaleByComplexBufferMomentumState(buf=buf)
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+  def init_fn(params):
+    zeros = optax.tree.zeros_like(params, dtype=acc_dtype)
+    return ScaleByComplexMomentumState(re=zeros, im=optax.tree.zeros_like(zeros))
+
+  def update_fn(updates, state, params=None):
+    del params
+    br, bi = _polar(magnitude, angle)
+    re = jax.tree.map(lambda g, r, s: g + br * r - bi * s,
+                      updates, state.re, state.im)
+    im = jax.tree.map(lambda r, s: bi * r + br * s, state.re, state.im)
+    out = jax.tree.map(lambda g, r: r.astype(g.dtype), updates, re)
+    re = jax.tree.map(lambda r, old: r.astype(old.dtype), re, state.re)
+    im = jax.tree.map(lambda s, old: s.astype(old.dtype), im, state.im)
+    return out, ScaleByComplexMomentumState(re=re, im=im)
+
+  return optax.GradientTransformation(init_fn, update_fn)
+
+
+def complex_momentum(
+    learning_rate: optax.ScalarOrSchedule,
+    magnitude: jax.typing.ArrayLike = 0.9,
+    angle: jax.typing.ArrayLike = math.pi / 8,
+    *,
+    complex_buffer: bool = False,
+    accumulator_dtype: Optional[jax.typing.DTypeLike] = None,
+) -> optax.GradientTransformation:
+  r"""SGD with complex momentum (SimCM when every player uses it).
+
+  .. math::
+
+    \mu_{t+1} = \beta \mu_t - g_t, \qquad
+    \omega_{t+1} = \omega_t + \alpha \operatorname{Re}(\mu_{t+1}),
+    \qquad \beta = |\beta| e^{i\theta}.
+
+  ``angle=0`` is ``optax.sgd(learning_rate, momentum=magnitude)`` and
+  ``magnitude=0`` is ``optax.sgd(learning_rate)``. For a constant gradient the
+  step converges to :math:`-\alpha \operatorname{Re}(1/(1-\beta))\, g`, about
+  1.146 g for :math:`\beta = 0.9e^{i\pi/8}` against 10 g for :math:`\beta=0.9`,
+  so retune the learning rate when switching from heavy ball.
+
+  Args:
+    learning_rate: :math:`\alpha`, a number or an ``optax`` schedule.
+    magnitude: :math:`|\beta|`.
+    angle: :math:`\arg\beta` in radians.
+    complex_buffer: see :func:`scale_by_complex_momentum`.
+    accumulator_dtype: see :func:`scale_by_complex_momentum`.
+
+  Returns:
+    An ``optax.GradientTransformation``.
+
+  Examples:
+    >>> import jax, jax.numpy as jnp, optax
+    >>> f = lambda w: jnp.sum(w ** 2)
+    >>> tx = complex_momentum(0.1)
+    >>> w = jnp.array([1.0, -2.0]); state = tx.init(w)
+    >>> for _ in range(5):
+    ...   u, state = tx.update(jax.grad(f)(w), state)
+    ...   w = optax.apply_updates(w, u)
+    >>> print(f"{f(w):.4f}")
+    0.0040
+
+  .. seealso:: :func:`scale_by_complex_momentum`.
+  """
+  _check_hyper("learning_rate", learning_rate)
+  return optax.chain(
+      scale_by_complex_momentum(magnitude, angle,
+                                complex_buffer=complex_buffer,
+                                accumulator_dtype=accumulator_dtype),
+      optax.scale_by_learning_rate(learning_rate),
+  )
+
+
+def scale_by_complex_adam(
+    b1_magnitude: jax.typing.ArrayLike = 0.9,
+    b1_angle: jax.typing.ArrayLike = math.pi / 8,
+    b2: jax.typing.ArrayLike = 0.999,
+    eps: jax.typing.ArrayLike = 1e-8,
+    eps_root: jax.typing.ArrayLike = 0.0,
+    mu_dtype: Optional[jax.typing.DTypeLike] = None,
+) -> optax.GradientTransformation:
+  r"""Adam with a complex first-moment decay and a real-part read-out.
+
+  This is the Adam-style (exponential moving average) form, chosen because
+  ``b1_angle=0`` then reproduces ``optax.scale_by_adam(b1=b1_magnitude)``
+  exactly. With :math:`\beta_1 = |\beta_1| e^{i\theta}` and step count
+  :math:`t \ge 1`:
+
+  .. math::
+
+    m_t &= \beta_1 m_{t-1} + (1 - \beta_1)\, g_t \quad (\text{complex}), \\
+    v_t &= \beta_2 v_{t-1} + (1 - \beta_2)\, g_t^2, \\
+    u_t &= \frac{\operatorname{Re}\big(m_t / (1 - \beta_1^t)\big)}
+               {\sqrt{v_t / (1 - \beta_2^t) + \epsilon_{root}} + \epsilon}.
+
+  The paper's heavy-ball form (``m = beta1 m - g``) differs from this one by the
+  complex factor :math:`(1-\beta_1)` on the incoming gradient (and the sign);
+  the two give the same direction only when the angle is 0. The complex bias
+  correction :math:`1/(1-\beta_1^t)` tends to 1, as in Adam.
+
+  Args:
+    b1_magnitude: :math:`|\beta_1|` (0 gives RMSProp with bias correction, the
+      BigGAN setting ``b1=0``).
+    b1_angle: :math:`\arg\beta_1` in radians.
+    b2: decay of the second moment.
+    eps: added to the denominator outside the square root.
+    eps_root: added inside the square root.
+    mu_dtype: dtype of the two first-moment buffers (``None``: parameter dtype).
+
+  Returns:
+    An ``optax.GradientTransformation``.
+
+  .. seealso:: :func:`complex_adam`, :func:`scale_by_complex_momentum`.
+  """
+  _check_hyper("b1_magnitude", b1_magnitude)
+  _check_angle("b1_angle", b1_angle)
+  _check_hyper("b2", b2)
+  _check_hyper("eps", eps)
+  _check_hyper("eps_root", eps_root)
+  mu_dtype = _canonical(mu_dtype)
+
+  def init_fn(params):
+    mu = optax.tree.zeros_like(params, dtype=mu_dtype)
+    return ScaleByComplexAdamState(
+        count=jnp.zeros([], jnp.int32), mu_re=mu,
+        mu_im=optax.tree.zeros_like(mu), nu=optax.tree.zeros_like(params))
+
+  def update_fn(updates, state, params=None):
+    del params
+    br, bi = _polar(b1_magnitude, b1_angle)
+    # m <- beta1 m + (1 - beta1) g, split into real and imaginary parts.
+    mu_re = jax.tree.map(lambda g, r, s: (1 - br) * g + (br * r - bi * s),
+                         updates, state.mu_re, state.mu_im)
+    mu_im = jax.tree.map(lambda g, r, s: (bi * r + br * s) - bi * g,
+                         updates, state.mu_re, state.mu_im)
+    nu = optax.tree.update_moment_per_elem_norm(updates, state.nu, b2, 2)
+    count = optax.safe_increment(state.count)
+    # 1 - beta1^t = dr + i di with dr >= 1 - |beta1|^t > 0, so the real part of
+    # m / (dr + i di) is (re + im k) / (dr + di k) with k = di / dr (no cancelling,
+    # and exactly re / dr when the angle is 0).
+    power = b1_magnitude ** count
+    dr = 1 - power * jnp.cos(count * b1_angle)
+    di = -power * jnp.sin(count * b1_angle)
+    k = di / dr
+    den = dr + di * k
+    nu_hat = optax.tree.bias_correction(nu, b2, count)
+    out = jax.tree.map(
+        lambda g, r, s, v: (
+            ((r + s * k.astype(r.dtype)) / den.astype(r.dtype))
+            / (jnp.sqrt(v + eps_root) + eps)).astype(g.dtype),
+        updates, mu_re, mu_im, nu_hat)
+    return out, ScaleByComplexAdamState(
+        count=count, mu_re=optax.tree.cast_like(mu_re, state.mu_re),
+        mu_im=optax.tree.cast_like(mu_im, state.mu_im),
+        nu=optax.tree.cast_like(nu, state.nu))
+
+  return optax.GradientTransformation(init_fn, update_fn)
+
+
+def complex_adam(
+    learning_rate: optax.ScalarOrSchedule,
+    b1_magnitude: jax.typing.ArrayLike = 0.9,
+    b1_angle: jax.typing.ArrayLike = math.pi / 8,
+    b2: jax.typing.ArrayLike = 0.999,
+    eps: jax.typing.ArrayLike = 1e-8,
+    eps_root: jax.typing.ArrayLike = 0.0,
+    mu_dtype: Optional[jax.typing.DTypeLike] = None,
+) -> optax.GradientTransformation:
+  r"""Complex Adam: Adam with :math:`\beta_1 \in \mathbb{C}`.
+
+  .. math::
+
+    \omega_{t+1} = \omega_t - \alpha\,
+      \frac{\operatorname{Re}\big(m_t / (1 - \beta_1^t)\big)}
+           {\sqrt{\hat v_t + \epsilon_{root}} + \epsilon}
+
+  with :math:`m_t, \hat v_t` as in :func:`scale_by_complex_adam`. ``b1_angle=0``
+  is ``optax.adam(learning_rate, b1=b1_magnitude, ...)`` exactly.
+
+  Args:
+    learning_rate: :math:`\alpha`, a number or an ``optax`` schedule.
+    b1_magnitude: :math:`|\beta_1|`.
+    b1_angle: :math:`\arg\beta_1` in radians.
+    b2: decay of the second moment.
+    eps: added to the denominator outside the square root.
+    eps_root: added inside the square root.
+    mu_dtype: dtype of the first-moment buffers.
+
+  Returns:
+    An ``optax.GradientTransformation``.
+
+  .. seealso:: :func:`scale_by_complex_adam`, :func:`complex_momentum`.
+  """
+  _check_hyper("learning_rate", learning_rate)
+  return optax.chain(
+      scale_by_complex_adam(b1_magnitude, b1_angle, b2, eps, eps_root,
+                            mu_dtype),
+      optax.scale_by_learning_rate(learning_rate),
+  )
