@@ -1,0 +1,411 @@
+"""Dion: distributed orthonormalized low-rank updates (Ahn et al., 2025).
+
+Dion replaces Muon's full Newton-Schulz orthonormalisation by one warm-started
+power iteration on a rank-``r`` basis with error feedback, so every collective
+a sharded update needs moves only ``(rows x r)`` or ``(r x r)`` matrices.
+
+Layout convention: Flax kernels are ``(fan_in, fan_out)``, i.e. the transpose of
+the torch ``(out, in)`` layout the paper uses. The update is scaled by
+``sqrt(fan_out / fan_in) = sqrt(shape[-1] / shape[-2])`` (no ``max(1, .)``).
+Leaves with more than two dimensions are stacks of same-shape matrices (e.g.
+scanned layers): the last two axes are ``(fan_in, fan_out)``, the leading axes
+are handled batched.
+
+References:
+  Ahn, Xu, Abreu, Langford, `Dion: Distributed Orthonormalized Updates
+  <https://arxiv.org/abs/2504.05295>`_, 2025.
+"""
+
+from __future__ import annotations
+
+import math
+import inspect
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax import lax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from common import mesh as mesh_lib
+from optim import labels as labels_lib
+from optim import orthogonalize as orth
+
+# Arguments of `scale_by_dion` / `dion` that fix array shapes or code paths; pass
+# them as ``static_args`` to `optax.inject_hyperparams`.
+STATIC_ARGS = ("rank_fraction", "rank_multiple_of", "power_iters", "qr_method", "oversample",
+               "momentum_dtype", "key", "mesh", "specs", "data_axis", "fsdp_axis", "tp_axis",
+               "labels", "scalar_optimizer")
+
+
+class ScaleByDionState(NamedTuple):
+  """State of `scale_by_dion`.
+
+  Attributes:
+    count: number of updates so far (int32 scalar).
+    key: PRNG key; the initial ``Q`` and every RCQR sketch derive from it.
+    momentum: ``M`` per leaf, shaped like the parameter.
+    q: right factor ``Q`` per leaf, shape ``(*batch, q_dim, r)``.
+  """
+  count: jax.Array
+  key: jax.Array
+  momentum: optax.Updates
+  q: optax.Updates
+
+
+class LeafPlan(NamedTuple):
+  """Static facts about one Dion leaf, derived from its shape and partition spec.
+
+  ``p_last`` says which axis of the Flax ``(fan_in, fan_out)`` matrix is the
+  P side (rows of ``P``): the last axis (``True``) or the second to last.
+  """
+  path: str
+  batch: tuple[int, ...]
+  p_last: bool
+  p_dim: int
+  q_dim: int
+  rank: int
+  scale: float
+  batch_spec: Any
+  p_spec: Any
+  q_spec: Any
+
+
+def dion_rank(rank_fraction: float, m: int, n: int, rank_multiple_of: int = 1) -> int:
+  """``min(ceil_to_multiple(rank_fraction * min(m, n), rank_multiple_of), m, n)``.
+
+  The product is rounded to 9 decimals first so that e.g. ``0.3 * 10`` gives 3,
+  not 4; it is never floored.
+  """
+  raw = round(rank_fraction * min(m, n), 9)
+  return max(1, min(math.ceil(raw / rank_multiple_of) * rank_multiple_of, m, n))
+
+
+def _axes(entry: Any) -> tuple[str, ...]:
+  if entry is None:
+    return ()
+  return tuple(entry) if isinstance(entry, (tuple, list)) else (entry,)
+
+
+def plan_leaf(path: str, shape: tuple[int, ...], spec: PartitionSpec | None, *,
+              rank_fraction: float, rank_multiple_of: int, fsdp_axis: str,
+              tp_axis: str) -> LeafPlan:
+  """Orientation, rank and shardings of one leaf.
+
+  Orientation rule: a dim sharded over ``tp_axis`` is the P side and a dim
+  sharded over ``fsdp_axis`` the Q side; otherwise (unsharded) the longer dim
+  is the P side (ties: ``fan_out``), so ``Q`` sits on the short dim.
+
+  Raises:
+    ValueError: ``ndim < 2`` or both mesh axes on the same dim, naming the path.
+  """
+  if len(shape) < 2:
+    raise ValueError(
+        f"Dion needs a matrix (or a stack of matrices) but leaf {path!r} has shape {shape}; "
+        "route vectors, norms, embeddings and heads to a scalar optimizer (optim.labels).")
+  entries = tuple(spec or ()) + (None,) * (len(shape) - len(spec or ()))
+  ax_in, ax_out = _axes(entries[-2]), _axes(entries[-1])
+  for axes in (ax_in, ax_out):
+    if fsdp_axis in axes and tp_axis in axes:
+      raise ValueError(f"Leaf {path!r} {shape}: {fsdp_axis!r} and {tp_axis!r} shard the same dim.")
+  fan_in, fan_out = shape[-2], shape[-1]
+  if tp_axis in ax_out or fsdp_axis in ax_in:
+    p_last = True
+  elif tp_axis in ax_in or fsdp_axis in ax_out:
+    p_last = False
+  else:
+    p_last = fan_out >= fan_in
+  p_dim, q_dim = (fan_out, fan_in) if p_last else (fan_in, fan_out)
+  p_spec, q_spec = (entries[-1], entries[-2]) if p_last else (entries[-2], entries[-1])
+  batch = tuple(shape[:-2])
+  batch_spec = entries[0] if len(batch) == 1 else None
+  return LeafPlan(path, batch, p_last, p_dim, q_dim,
+                  dion_rank(rank_fraction, fan_out, fan_in, rank_multiple_of),
+                  math.sqrt(fan_out / fan_in), batch_spec, p_spec, q_spec)
+
+
+class _Layout:
+  """Sharding constraints for the oriented ``(L, p, q)`` arrays of one leaf."""
+
+  def __init__(self, plan: LeafPlan, mesh: Mesh | None):
+    self.plan, self.mesh = plan, mesh
+
+  def _c(self, x: jax.Array, *spec) -> jax.Array:
+    if self.mesh is None:
+      return x
+    return lax.with_sharding_constraint(x, NamedSharding(self.mesh, PartitionSpec(*spec)))
+
+  def full(self, x):  # (L, p, q)
+    return self._c(x, self.plan.batch_spec, self.plan.p_spec, self.plan.q_spec)
+
+  def tall(self, x):  # (L, p, r)
+    return self._c(x, self.plan.batch_spec, self.plan.p_spec, None)
+
+  def qside(self, x):  # (L, q, r)
+    return self._c(x, self.plan.batch_spec, self.plan.q_spec, None)
+
+  def small(self, x):  # (L, r, r) or (L, k, r)
+    return self._c(x, self.plan.batch_spec, None, None)
+
+  def sketch(self, x):  # (L, k, p)
+    return self._c(x, self.plan.batch_spec, None, self.plan.p_spec)
+
+  def _lead(self) -> tuple[Any, ...]:
+    plan = self.plan
+    return (plan.batch_spec,) if len(plan.batch) == 1 else (None,) * len(plan.batch)
+
+  def q_state_sharding(self) -> NamedSharding:
+    return NamedSharding(self.mesh, PartitionSpec(*self._lead(), self.plan.q_spec, None))
+
+  def param_sharding(self) -> NamedSharding:
+    plan = self.plan
+    two = (plan.q_spec, plan.p_spec) if plan.p_last else (plan.p_spec, plan.q_spec)
+    return NamedSharding(self.mesh, PartitionSpec(*self._lead(), *two))
+
+
+def _oriented(x: jax.Array, plan: LeafPlan) -> jax.Array:
+  """``(*batch, fan_in, fan_out)`` -> ``(L, p, q)`` (and back, it is an involution on the last two)."""
+  x = x.reshape((math.prod(plan.batch),) + x.shape[-2:])
+  return jnp.swapaxes(x, -1, -2) if plan.p_last else x
+
+
+def _to_param_layout(x: jax.Array, plan: LeafPlan) -> jax.Array:
+  x = jnp.swapaxes(x, -1, -2) if plan.p_last else x
+  return x.reshape(plan.batch + x.shape[-2:])
+
+
+def _is_masked(x: Any) -> bool:
+  return isinstance(x, optax.MaskedNode)
+
+
+class _Leaves(NamedTuple):
+  """Flattened tree with masked nodes kept as leaves (so ``optax.partition`` works)."""
+  treedef: Any
+  flat: list[Any]
+  paths: list[str]
+  specs: list[Any]
+
+  def arrays(self) -> list[int]:
+    return [i for i, x in enumerate(self.flat) if not _is_masked(x)]
+
+  def flatten(self, tree: Any) -> list[Any]:
+    return self.treedef.flatten_up_to(tree)
+
+  def unflatten(self, values: dict[int, Any]) -> Any:
+    return self.treedef.unflatten([values.get(i, x) for i, x in enumerate(self.flat)])
+
+
+def _leaves(tree: Any, specs: Any) -> _Leaves:
+  flat, treedef = jax.tree_util.tree_flatten_with_path(tree, is_leaf=_is_masked)
+  if specs is None:
+    flat_specs = [None] * len(flat)
+  else:
+    flat_specs = treedef.flatten_up_to(specs(tree) if callable(specs) else specs)
+  return _Leaves(treedef, [x for _, x in flat], [labels_lib.path_str(p) for p, _ in flat],
+                 list(flat_specs))
+
+
+def _column_normalize(r: jax.Array, eps: Any) -> jax.Array:
+  return r / (jnp.linalg.norm(r, axis=-2, keepdims=True) + eps)
+
+
+def _dion_leaf(plan: LeafPlan, layout: _Layout, grad: jax.Array, momentum: jax.Array,
+               q: jax.Array, key: jax.Array, *, mu: Any, eps: Any, qr_method: str,
+               oversample: float, power_iters: int, data_axis: str | None,
+               compressed: bool) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """One Dion step for one leaf; returns ``(update, momentum, q)``."""
+  g = _oriented(grad.astype(jnp.float32), plan)
+  if data_axis is not None and not compressed:
+    g = lax.pmean(g, data_axis)
+  sync = (lambda x: lax.pmean(x, data_axis)) if compressed else (lambda x: x)
+  b = layout.full(_oriented(momentum.astype(jnp.float32), plan) + g)
+  q_old = layout.qside(q.astype(jnp.float32).reshape((-1,) + q.shape[-2:]))
+  basis = q_old
+  for i in range(power_iters):
+    p = sync(layout.tall(b @ basis))
+    p = orth.orthonormalize(p, qr_method, key=jax.random.fold_in(key, i), oversample=oversample,
+                            small=layout.small, tall=layout.tall, sketch=layout.sketch)
+    basis = sync(layout.qside(jnp.einsum("lpq,lpr->lqr", b, p)))
+  r = basis
+  zero = jnp.all(b == 0, axis=(-2, -1))
+  if compressed:
+    zero = lax.pmin(zero.astype(jnp.int32), data_axis).astype(bool)
+  p = jnp.where(zero[:, None, None], 0.0, p)
+  r = jnp.where(zero[:, None, None], q_old, r)
+  new_m = layout.full(b - (1.0 - mu) * (p @ jnp.swapaxes(r, -1, -2)))
+  new_q = layout.qside(_column_normalize(r, eps))
+  update = layout.full(plan.scale * (p @ jnp.swapaxes(new_q, -1, -2)))
+  return (_to_param_layout(update, plan).astype(grad.dtype),
+          _to_param_layout(new_m, plan).astype(momentum.dtype),
+          new_q.reshape(q.shape).astype(q.dtype))
+
+
+def _check_args(rank_fraction, rank_multiple_of, power_iters, qr_method, oversample, mesh, specs):
+  if not isinstance(rank_fraction, (int, float)) or not 0.0 < rank_fraction <= 1.0:
+    raise ValueError(f"rank_fraction must be a number in (0, 1], got {rank_fraction!r}.")
+  if not isinstance(rank_multiple_of, int) or rank_multiple_of < 1:
+    raise ValueError(f"rank_multiple_of must be an int >= 1, got {rank_multiple_of!r}.")
+  if not isinstance(power_iters, int) or power_iters < 1:
+    raise ValueError(f"power_iters must be an int >= 1, got {power_iters!r}.")
+  if qr_method not in orth.QR_METHODS:
+    raise ValueError(f"qr_method must be one of {orth.QR_METHODS}, got {qr_method!r}.")
+  if not isinstance(oversample, (int, float)) or oversample < 1.0:
+    raise ValueError(f"oversample must be a number >= 1, got {oversample!r}.")
+  if specs is not None and mesh is None:
+    raise ValueError("specs were given without a mesh; pass mesh=... as well.")
+
+
+def scale_by_dion(rank_fraction: float = 1.0, mu: Any = 0.95, rank_multiple_of: int = 1,
+                  power_iters: int = 1, qr_method: str = "rcqr", oversample: float = 1.25,
+                  eps: Any = 1e-8, momentum_dtype: Any = None, key: jax.Array | int = 0, *,
+                  mesh: Mesh | None = None, specs: Any = None, fsdp_axis: str = mesh_lib.FSDP,
+                  tp_axis: str = mesh_lib.TP,
+                  data_axis: str | None = None) -> optax.GradientTransformation:
+  r"""Dion's orthonormalized low-rank direction, ``sqrt(fan_out/fan_in) P Q^T``.
+
+  For each matrix, oriented as ``B`` of shape ``(p, q)`` (see `plan_leaf`), with
+  ``Q`` of shape ``(q, r)`` warm-started from the previous step:
+
+  .. math::
+    B &= M + G,\quad P = \mathrm{orth}(B Q),\quad R = B^\top P \\
+    M &\leftarrow B - (1 - \mu) P R^\top,\quad
+    Q \leftarrow R\, \mathrm{diag}(\|R_{:,j}\| + \epsilon)^{-1} \\
+    u &= \sqrt{\mathrm{fan_{out}} / \mathrm{fan_{in}}}\; P Q^\top
+
+  If ``B = 0`` then ``P = 0`` and ``R = Q`` (zero update, no NaN).
+
+  Args:
+    rank_fraction: ``r = ceil(rank_fraction * min(m, n))`` (rounded up to
+      ``rank_multiple_of``, capped at ``min(m, n)``). Static: it fixes shapes.
+    mu: error-feedback decay (0.95 in the paper). May be an array or injected.
+    rank_multiple_of: round the rank up to a multiple of this (static).
+    power_iters: power iterations per step (static; the paper uses 1).
+    qr_method: ``'rcqr'`` (randomized Cholesky-QR, default), ``'cqr'`` or ``'qr'``.
+    oversample: RCQR sketch oversampling; sketch rows ``ceil(oversample r/128)*128``.
+    eps: added to the column norms of ``R``.
+    momentum_dtype: dtype of ``M`` and ``Q`` (default: the parameter dtype); the
+      power iteration and orthonormalisation always run in float32.
+    key: PRNG key or int seed for the initial ``Q`` and the sketches. Results are
+      identical on every device and for any sharding.
+    mesh: device mesh the parameters live on (``None``: no constraints).
+    specs: ``PartitionSpec`` per leaf (a tree like the params, or a callable),
+      used for the orientation rule and sharding constraints. Needs ``mesh``.
+    fsdp_axis, tp_axis: mesh axis names of the Q side and the P side.
+    data_axis: if set, `update` must run inside ``jax.shard_map`` over this axis
+      with per-replica gradients and momenta. For ``rank_fraction < 1`` and
+      ``(m + n) r < m n`` only ``P`` and ``R`` are averaged (compressed sync);
+      otherwise the gradient is averaged first. Use `synchronize` before saving.
+
+  Returns:
+    An `optax.GradientTransformation` with state `ScaleByDionState`.
+
+  Raises:
+    ValueError: bad hyperparameters (at construction) or a leaf Dion cannot
+      take (at ``init``), naming the leaf path and shape.
+  """
+  _check_args(rank_fraction, rank_multiple_of, power_iters, qr_method, oversample, mesh, specs)
+  if isinstance(mu, (int, float)) and not 0.0 <= mu <= 1.0:
+    raise ValueError(f"mu must be in [0, 1], got {mu!r}.")
+  plan_kw = dict(rank_fraction=rank_fraction, rank_multiple_of=rank_multiple_of,
+                 fsdp_axis=fsdp_axis, tp_axis=tp_axis)
+
+  def base_key() -> jax.Array:
+    return jax.random.key(key) if isinstance(key, int) else key
+
+  def plans(tree):
+    leaves = _leaves(tree, specs)
+    return leaves, {i: plan_leaf(leaves.paths[i], tuple(leaves.flat[i].shape), leaves.specs[i],
+                                 **plan_kw) for i in leaves.arrays()}
+
+  def init_fn(params):
+    leaves, planned = plans(params)
+    k0 = jax.random.fold_in(base_key(), 0)
+    moms, qs = {}, {}
+    for i, plan in planned.items():
+      dtype = momentum_dtype or leaves.flat[i].dtype
+      layout = _Layout(plan, mesh)
+      m = jnp.zeros(leaves.flat[i].shape, dtype)
+      q = jax.random.normal(jax.random.fold_in(k0, i), plan.batch + (plan.q_dim, plan.rank),
+                            jnp.float32).astype(dtype)
+      if mesh is not None:
+        m = lax.with_sharding_constraint(m, layout.param_sharding())
+        q = lax.with_sharding_constraint(q, layout.q_state_sharding())
+      moms[i], qs[i] = m, q
+    return ScaleByDionState(jnp.zeros([], jnp.int32), base_key(),
+                            leaves.unflatten(moms), leaves.unflatten(qs))
+
+  def update_fn(updates, state, params=None):
+    del params
+    leaves, planned = plans(updates)
+    flat_m, flat_q = leaves.flatten(state.momentum), leaves.flatten(state.q)
+    step_key = jax.random.fold_in(jax.random.fold_in(state.key, 1), state.count)
+    new_u, new_m, new_q = {}, {}, {}
+    for i, plan in planned.items():
+      compressed = (data_axis is not None and rank_fraction < 1.0
+                    and (plan.p_dim + plan.q_dim) * plan.rank < plan.p_dim * plan.q_dim)
+      new_u[i], new_m[i], new_q[i] = _dion_leaf(
+          plan, _Layout(plan, mesh), leaves.flat[i], flat_m[i], flat_q[i],
+          jax.random.fold_in(step_key, i), mu=mu, eps=eps, qr_method=qr_method,
+          oversample=oversample, power_iters=power_iters, data_axis=data_axis,
+          compressed=compressed)
+    return leaves.unflatten(new_u), ScaleByDionState(
+        optax.safe_increment(state.count), state.key, leaves.unflatten(new_m),
+        leaves.unflatten(new_q))
+
+  return optax.GradientTransformation(init_fn, update_fn)
+
+
+def synchronize(opt_state: Any, data_axis: str) -> Any:
+  """Averages every Dion momentum over ``data_axis`` (call inside ``shard_map``).
+
+  With compressed data-parallel sync each replica keeps its own momentum; their
+  mean follows synchronous Dion exactly. Call this before checkpointing so that
+  all replicas hold the same (mean) state. Other state is left untouched.
+  """
+  def sync(node):
+    if isinstance(node, ScaleByDionState):
+      return node._replace(momentum=jax.tree.map(lambda m: lax.pmean(m, data_axis), node.momentum))
+    return node
+  return jax.tree.map(sync, opt_state, is_leaf=lambda x: isinstance(x, ScaleByDionState))
+
+
+def dion(learning_rate: optax.ScalarOrSchedule, rank_fraction: float = 1.0, mu: Any = 0.95,
+         weight_decay: Any = 0.01, *, labels: Any = None, scalar_optimizer: str = "adamw",
+         scalar_learning_rate: optax.ScalarOrSchedule | None = None,
+         **kwargs: Any) -> optax.GradientTransformation:
+  r"""Dion for hidden matrices, AdamW or Lion for everything else.
+
+  Matrices labelled `optim.labels.MATRIX` get
+
+  .. math::
+    X \leftarrow X - \eta\,(\lambda X + \sqrt{\mathrm{fan_{out}}/\mathrm{fan_{in}}}\,P Q^\top),
+
+  i.e. ``chain(scale_by_dion, add_decayed_weights(weight_decay),
+  scale_by_learning_rate(learning_rate))``. Vectors, embeddings and the head
+  go to the scalar optimizer as described in `optim.routed.routed`
+  (head learning rate times ``1/sqrt(fan_in)`` for Lion, 1 for AdamW).
+
+  Args:
+    learning_rate: matrix learning rate (scalar or schedule).
+    rank_fraction, mu: see `scale_by_dion`.
+    weight_decay: decoupled weight decay of the matrices (uses the base lr).
+    labels: label tree / callable (`optim.labels`); default `label_params`.
+    scalar_optimizer: ``'adamw'`` or ``'lion'``.
+    scalar_learning_rate: learning rate of the scalar groups (default: same).
+    **kwargs: forwarded to `scale_by_dion` (``rank_multiple_of``, ``mesh``, ...)
+      or to `optim.routed.routed` (``scalar_b1``, ``scalar_weight_decay``, ...).
+
+  Returns:
+    An `optax.GradientTransformation` (an ``optax.partition``).
+  """
+  from optim import routed as routed_lib  # pylint: disable=import-outside-toplevel
+  dion_names = set(inspect.signature(scale_by_dion).parameters)
+  dion_kw = {k: kwargs.pop(k) for k in list(kwargs) if k in dion_names}
+  matrix = optax.chain(scale_by_dion(rank_fraction, mu, **dion_kw),
+                       optax.add_decayed_weights(weight_decay),
+                       optax.scale_by_learning_rate(learning_rate))
+  return routed_lib.routed(matrix, learning_rate, labels=labels, scalar_optimizer=scalar_optimizer,
+                           scalar_learning_rate=scalar_learning_rate,
+                           data_axis=dion_kw.get("data_axis"), **kwargs)
+

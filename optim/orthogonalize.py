@@ -1,0 +1,179 @@
+"""Orthonormalisation of tall matrices with small reductions only.
+
+Dion orthonormalises a tall matrix ``P`` of shape ``(..., p, r)`` with ``p >= r``
+whose rows may be sharded over a mesh axis. Everything here is written so that
+the only matrices that are ever replicated are ``r x r`` Gram / triangular
+factors or the ``k x r`` randomized sketch ``S P``; the tall matrix itself is
+only ever multiplied from the right by a small matrix, which partitions along
+its rows without communication. Householder QR (``jnp.linalg.qr``) of the tall
+matrix is used only where the spec asks for it (method ``'qr'``, or when
+``p <= r``), because GSPMD would gather a sharded ``P`` for it.
+
+Methods (Ahn et al., 2025, reference implementation):
+
+* ``'qr'``: Householder QR, keep the orthonormal factor.
+* ``'cqr'``: Cholesky-QR, ``U = chol(P^T P)`` (upper), ``P <- P U^{-1}``. Falls
+  back to ``'rcqr'`` where the factorisation fails (JAX signals failure with NaN).
+* ``'rcqr'``: randomized Cholesky-QR. With a Gaussian sketch ``S`` of shape
+  ``(k, p)``, entries ``N(0, 1/k)`` and ``k = ceil(oversample * r / 128) * 128``,
+  take the triangular factor ``R_s`` of ``QR(S P)``, set ``P <- P R_s^{-1}``,
+  then do one Cholesky-QR pass (skipped where it fails).
+
+Every method ends with a guard: if the result is not finite (a singular
+triangular factor from a rank-deficient input), ``P`` is orthonormalised through
+the eigen-decomposition of the ``r x r`` Gram matrix with degenerate directions
+dropped, which is finite for any input.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+QR_METHODS = ("rcqr", "cqr", "qr")
+
+Constrain = Callable[[jax.Array], jax.Array]
+
+
+def _identity(x: jax.Array) -> jax.Array:
+  return x
+
+
+def sketch_size(rank: int, oversample: float) -> int:
+  """Rows of the RCQR sketch: ``ceil(oversample * rank / 128) * 128`` (a static int)."""
+  return int(math.ceil(oversample * rank / 128.0)) * 128
+
+
+def _gram(p: jax.Array) -> jax.Array:
+  return jnp.einsum("...pr,...ps->...rs", p, p)
+
+
+def cholesky_upper(a: jax.Array) -> jax.Array:
+  """Upper Cholesky factor ``U`` with ``a = U^T U`` (NaN where ``a`` is not PD).
+
+  `jnp.linalg.cholesky` returns the *lower* factor ``L = U^T``; using ``L`` as
+  if it were upper is a known pitfall of earlier ports.
+  """
+  return jnp.swapaxes(jnp.linalg.cholesky(a), -1, -2)
+
+
+def _upper_inverse(u: jax.Array) -> jax.Array:
+  eye = jnp.broadcast_to(jnp.eye(u.shape[-1], dtype=u.dtype), u.shape)
+  return jax.scipy.linalg.solve_triangular(u, eye, lower=False)
+
+
+def _finite(x: jax.Array) -> jax.Array:
+  """Per-matrix flag (shape ``x.shape[:-2]``): all entries finite."""
+  return jnp.all(jnp.isfinite(x), axis=(-2, -1))
+
+
+def _select(flag: jax.Array, a: jax.Array, b: jax.Array) -> jax.Array:
+  return jnp.where(flag[..., None, None], a, b)
+
+
+def cholesky_qr(p: jax.Array, *, small: Constrain = _identity,
+                tall: Constrain = _identity) -> tuple[jax.Array, jax.Array]:
+  """One Cholesky-QR pass.
+
+  .. math::
+    U = \\mathrm{chol}(P^\\top P)\\ \\text{(upper)}, \\qquad P \\leftarrow P U^{-1}
+
+  Args:
+    p: ``(..., p, r)`` float32 matrix.
+    small: sharding constraint for ``r x r`` matrices (replicated).
+    tall: sharding constraint for matrices shaped like ``p``.
+
+  Returns:
+    ``(p_new, ok)``: the orthonormalised matrix and a per-matrix flag that the
+    factorisation succeeded (where it failed ``p_new`` holds NaN).
+  """
+  u = cholesky_upper(small(_gram(p)))
+  out = tall(p @ small(_upper_inverse(u)))
+  return out, _finite(out)
+
+
+def randomized_cholesky_qr(p: jax.Array, key: jax.Array, oversample: float, *,
+                           small: Constrain = _identity, tall: Constrain = _identity,
+                           sketch: Constrain = _identity) -> jax.Array:
+  """Randomized Cholesky-QR followed by one Cholesky-QR pass.
+
+  .. math::
+    S_{ij} \\sim \\mathcal N(0, 1/k),\\quad R_s = \\mathrm{qr}_R(S P),\\quad
+    P \\leftarrow P R_s^{-1},\\quad P \\leftarrow P\\, \\mathrm{chol}(P^\\top P)^{-1}
+
+  Args:
+    p: ``(..., p, r)`` float32 matrix.
+    key: PRNG key for the sketch; it must be the same on every device.
+    oversample: sketch oversampling factor (static).
+    small, tall: sharding constraints as in `cholesky_qr`.
+    sketch: sharding constraint for the ``(..., k, p)`` sketch (its ``p`` axis
+      sharded like the rows of ``p``).
+
+  Returns:
+    The orthonormalised matrix (may hold NaN only if ``R_s`` is singular; the
+    caller's guard handles that).
+  """
+  k = sketch_size(p.shape[-1], oversample)
+  s = sketch(jax.random.normal(key, p.shape[:-2] + (k, p.shape[-2]), jnp.float32))
+  sp = small(s @ p) / jnp.sqrt(jnp.float32(k))
+  r_s = jnp.linalg.qr(sp, mode="r")
+  p1 = tall(p @ small(_upper_inverse(r_s)))
+  p2, ok = cholesky_qr(p1, small=small, tall=tall)
+  return _select(ok, p2, p1)
+
+
+def gram_eigh_orthonormalize(p: jax.Array, *, small: Constrain = _identity,
+                             tall: Constrain = _identity) -> jax.Array:
+  """Orthonormalise through ``P^T P = V diag(w) V^T``: ``P V diag(w)^{-1/2} V^T``.
+
+  Eigen-directions with ``w <= r * eps32 * max(w)`` are dropped (their columns
+  become 0), so the result is finite for rank-deficient or zero ``p``. Used as
+  the last-resort guard only.
+  """
+  gram = small(_gram(p))
+  w, v = jnp.linalg.eigh(gram)
+  tol = p.shape[-1] * jnp.finfo(jnp.float32).eps * jnp.max(w, axis=-1, keepdims=True)
+  keep = w > tol
+  inv_sqrt = jnp.where(keep, lax.rsqrt(jnp.where(keep, w, 1.0)), 0.0)
+  return tall(p @ small((v * inv_sqrt[..., None, :]) @ jnp.swapaxes(v, -1, -2)))
+
+
+def orthonormalize(p: jax.Array, method: str = "rcqr", *, key: jax.Array | None = None,
+                   oversample: float = 1.25, small: Constrain = _identity,
+                   tall: Constrain = _identity, sketch: Constrain = _identity) -> jax.Array:
+  """Orthonormal columns spanning ``p`` (float32 in, float32 out).
+
+  Args:
+    p: ``(..., p, r)`` matrix (any leading batch dims).
+    method: ``'rcqr'`` (default), ``'cqr'`` or ``'qr'``; Householder QR is used
+      whenever ``p <= r``, as in the reference.
+    key: PRNG key for the RCQR sketch (also used by the CQR fallback).
+    oversample: RCQR oversampling (static Python float).
+    small, tall, sketch: sharding constraints (identity when unsharded).
+
+  Returns:
+    ``(..., p, r)`` matrix with ``P^T P ~ I`` (columns of degenerate directions
+    are 0) and no NaN for finite input.
+
+  Raises:
+    ValueError: unknown ``method`` or a missing ``key`` for the randomized method.
+  """
+  if method not in QR_METHODS:
+    raise ValueError(f"qr_method must be one of {QR_METHODS}, got {method!r}.")
+  if method != "qr" and key is None:
+    raise ValueError(f"qr_method={method!r} needs a PRNG key for its random sketch.")
+  p = p.astype(jnp.float32)
+  if method == "qr" or p.shape[-2] <= p.shape[-1]:
+    out = tall(jnp.linalg.qr(p, mode="reduced")[0])
+  elif method == "cqr":
+    out, ok = cholesky_qr(p, small=small, tall=tall)
+    out = lax.cond(jnp.all(ok), lambda: out, lambda: _select(ok, out, randomized_cholesky_qr(
+        p, key, oversample, small=small, tall=tall, sketch=sketch)))
+  else:
+    out = randomized_cholesky_qr(p, key, oversample, small=small, tall=tall, sketch=sketch)
+  return lax.cond(jnp.all(jnp.isfinite(out)), lambda: out,
+                  lambda: gram_eigh_orthonormalize(p, small=small, tall=tall))
