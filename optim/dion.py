@@ -132,7 +132,7 @@ class _Layout:
     self.plan, self.mesh = plan, mesh
 
   def _c(self, x: jax.Array, *spec) -> jax.Array:
-    if self.mesh is None:
+    if self.mesh is None:  # unsharded (also the plan-less default of `power_step`)
       return x
     return lax.with_sharding_constraint(x, NamedSharding(self.mesh, PartitionSpec(*spec)))
 
@@ -210,35 +210,60 @@ def _column_normalize(r: jax.Array, eps: Any) -> jax.Array:
   return r / (jnp.linalg.norm(r, axis=-2, keepdims=True) + eps)
 
 
-def _dion_leaf(plan: LeafPlan, layout: _Layout, grad: jax.Array, momentum: jax.Array,
-               q: jax.Array, key: jax.Array, *, mu: Any, eps: Any, qr_method: str,
-               oversample: float, power_iters: int, data_axis: str | None,
-               compressed: bool) -> tuple[jax.Array, jax.Array, jax.Array]:
-  """One Dion step for one leaf; returns ``(update, momentum, q)``."""
-  g = _oriented(grad.astype(jnp.float32), plan)
-  if data_axis is not None and not compressed:
-    g = lax.pmean(g, data_axis)
-  sync = (lambda x: lax.pmean(x, data_axis)) if compressed else (lambda x: x)
-  b = layout.full(_oriented(momentum.astype(jnp.float32), plan) + g)
-  q_old = layout.qside(q.astype(jnp.float32).reshape((-1,) + q.shape[-2:]))
-  basis = q_old
+class DionStep(NamedTuple):
+  """Result of `power_step` on oriented ``(L, p, q)`` matrices."""
+  p: jax.Array  # (L, p, r) orthonormal columns (0 where B = 0)
+  r: jax.Array  # (L, q, r) B^T P (the old Q where B = 0)
+  momentum: jax.Array  # (L, p, q) B - (1 - mu) P R^T
+  q: jax.Array  # (L, q, r) column-normalised R
+  direction: jax.Array  # (L, p, q) P Q^T (before the shape scale)
+
+
+def power_step(b: jax.Array, q: jax.Array, key: jax.Array, *, mu: Any = 0.95, eps: Any = 1e-8,
+               qr_method: str = "rcqr", oversample: float = 1.25, power_iters: int = 1,
+               layout: Any = None, data_axis: str | None = None) -> DionStep:
+  """Dion's core on an oriented float32 ``B = M + G`` of shape ``(L, p, q)``.
+
+  .. math::
+    P = \mathrm{orth}(B Q),\ R = B^\top P,\ M' = B - (1-\mu) P R^\top,\
+    Q' = R / (\|R_{:,j}\| + \epsilon)
+
+  With ``data_axis`` (inside ``shard_map``) ``B Q`` and ``R`` are averaged over
+  the axis, which equals the step on the averaged ``B`` since both are linear in it.
+  """
+  layout = layout or _Layout(None, None)
+  sync = (lambda x: lax.pmean(x, data_axis)) if data_axis else (lambda x: x)
+  basis = q
   for i in range(power_iters):
     p = sync(layout.tall(b @ basis))
     p = orth.orthonormalize(p, qr_method, key=jax.random.fold_in(key, i), oversample=oversample,
                             small=layout.small, tall=layout.tall, sketch=layout.sketch)
     basis = sync(layout.qside(jnp.einsum("lpq,lpr->lqr", b, p)))
-  r = basis
   zero = jnp.all(b == 0, axis=(-2, -1))
-  if compressed:
+  if data_axis:
     zero = lax.pmin(zero.astype(jnp.int32), data_axis).astype(bool)
   p = jnp.where(zero[:, None, None], 0.0, p)
-  r = jnp.where(zero[:, None, None], q_old, r)
+  r = jnp.where(zero[:, None, None], q, basis)
   new_m = layout.full(b - (1.0 - mu) * (p @ jnp.swapaxes(r, -1, -2)))
   new_q = layout.qside(_column_normalize(r, eps))
-  update = layout.full(plan.scale * (p @ jnp.swapaxes(new_q, -1, -2)))
+  return DionStep(p, r, new_m, new_q, layout.full(p @ jnp.swapaxes(new_q, -1, -2)))
+
+
+def _dion_leaf(plan: LeafPlan, layout: _Layout, grad: jax.Array, momentum: jax.Array,
+               q: jax.Array, key: jax.Array, *, data_axis: str | None, compressed: bool,
+               **step_kw: Any) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """One Dion step for one leaf in parameter layout; returns ``(update, momentum, q)``."""
+  g = _oriented(grad.astype(jnp.float32), plan)
+  if data_axis is not None and not compressed:
+    g = lax.pmean(g, data_axis)
+  b = layout.full(_oriented(momentum.astype(jnp.float32), plan) + g)
+  q_old = layout.qside(q.astype(jnp.float32).reshape((-1,) + q.shape[-2:]))
+  out = power_step(b, q_old, key, layout=layout, data_axis=data_axis if compressed else None,
+                   **step_kw)
+  update = layout.full(plan.scale * out.direction)
   return (_to_param_layout(update, plan).astype(grad.dtype),
-          _to_param_layout(new_m, plan).astype(momentum.dtype),
-          new_q.reshape(q.shape).astype(q.dtype))
+          _to_param_layout(out.momentum, plan).astype(momentum.dtype),
+          out.q.reshape(q.shape).astype(q.dtype))
 
 
 def _check_args(rank_fraction, rank_multiple_of, power_iters, qr_method, oversample, mesh, specs):

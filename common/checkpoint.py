@@ -1,0 +1,132 @@
+"""Orbax checkpoints of a training state: periodic save, resume, bounded history.
+
+`Checkpointer` wraps `orbax.checkpoint.CheckpointManager` for the one thing a
+training loop needs: save a pytree of arrays every K steps and, at start-up,
+restore the newest one into the structure of a freshly initialised state.
+
+Behaviour, as documented to users:
+
+* **No checkpoint** in the directory (or no directory): `restore` returns
+  ``None`` and the run starts fresh.
+* **A checkpoint that cannot be read** (truncated files, a state whose
+  structure or shapes no longer match the code): `restore` raises
+  `CheckpointError` naming the step directory, with the two ways out (delete
+  that step to fall back to the previous one, or start over with ``--fresh``).
+  It never silently starts over on top of existing work.
+* Saves are synchronous and atomic (orbax writes to a temporary directory and
+  renames it), so a crash mid-save leaves the previous checkpoint intact.
+
+Typed PRNG key arrays (``jax.random.key``) in the state are stored as their
+raw key data and re-wrapped on restore.
+"""
+
+from __future__ import annotations
+
+import logging
+import pathlib
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+
+log = logging.getLogger(__name__)
+
+
+class CheckpointError(RuntimeError):
+  """A checkpoint exists but cannot be restored into the requested state."""
+
+
+def _is_key(x: Any) -> bool:
+  return isinstance(x, jax.Array) and jnp.issubdtype(x.dtype, jax.dtypes.prng_key)
+
+
+def _to_storable(tree: Any) -> Any:
+  return jax.tree.map(lambda x: jax.random.key_data(x) if _is_key(x) else x, tree)
+
+
+def _from_storable(stored: Any, template: Any) -> Any:
+  def back(saved, like):
+    if _is_key(like):
+      return jax.random.wrap_key_data(saved, impl=jax.random.key_impl(like))
+    return saved
+  return jax.tree.map(back, stored, template)
+
+
+def _abstract(tree: Any) -> Any:
+  """ShapeDtypeStructs (with shardings) for restoring into ``tree``'s layout."""
+  def spec(x):
+    if isinstance(x, jax.Array):
+      return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding)
+    x = np.asarray(x)
+    return jax.ShapeDtypeStruct(x.shape, x.dtype)
+  return jax.tree.map(spec, tree)
+
+
+class Checkpointer:
+  """Saves and restores one pytree state under ``directory``.
+
+  Args:
+    directory: where the step sub-directories go (created on first save).
+    max_to_keep: how many recent checkpoints to keep.
+  """
+
+  def __init__(self, directory: str | pathlib.Path, *, max_to_keep: int = 2):
+    if max_to_keep < 1:
+      raise ValueError(f"max_to_keep must be >= 1, got {max_to_keep}.")
+    self.directory = pathlib.Path(directory).absolute()
+    options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
+                                           enable_async_checkpointing=False)
+    self._manager = ocp.CheckpointManager(self.directory, options=options)
+
+  def latest_step(self) -> int | None:
+    """Newest saved step, or None."""
+    return self._manager.latest_step()
+
+  def all_steps(self) -> list[int]:
+    return sorted(self._manager.all_steps())
+
+  def save(self, step: int, state: Any) -> None:
+    """Saves ``state`` as checkpoint ``step`` (overwriting nothing: a step is saved once)."""
+    if step in self._manager.all_steps():
+      return
+    self._manager.save(int(step), args=ocp.args.StandardSave(_to_storable(state)), force=True)
+    self._manager.wait_until_finished()
+    log.debug("Saved checkpoint %d in %s", step, self.directory)
+
+  def restore(self, template: Any, step: int | None = None) -> tuple[Any, int] | None:
+    """Restores checkpoint ``step`` (default: the newest) into ``template``'s structure.
+
+    Returns:
+      ``(state, step)``, or None if there is no checkpoint.
+
+    Raises:
+      CheckpointError: the checkpoint exists but cannot be read into ``template``.
+    """
+    step = self.latest_step() if step is None else step
+    if step is None:
+      return None
+    target = _abstract(_to_storable(template))
+    try:
+      stored = self._manager.restore(step, args=ocp.args.StandardRestore(target))
+      state = _from_storable(stored, template)
+      # Orbax may hand back a different container type; keep the caller's.
+      state = jax.tree.unflatten(jax.tree.structure(template), jax.tree.leaves(state))
+    except Exception as e:  # orbax raises many types for unreadable data
+      raise CheckpointError(
+          f"Could not restore checkpoint {step} from {self.directory / str(step)}: "
+          f"{type(e).__name__}: {str(e)[:500]}\n"
+          f"Either delete {self.directory / str(step)} to resume from the previous checkpoint "
+          f"(steps present: {self.all_steps()}), or start over with --fresh.") from e
+    log.info("Restored checkpoint %d from %s", step, self.directory)
+    return state, step
+
+  def close(self) -> None:
+    self._manager.close()
+
+  def __enter__(self) -> "Checkpointer":
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()
