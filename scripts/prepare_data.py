@@ -30,7 +30,7 @@ _TFDS_NAMES = {"mnist": "mnist", "fashion_mnist": "fashion_mnist", "cifar10": "c
 class Args:
   """Datasets to prepare."""
 
-  names: tuple[str, ...]  # e.g. cifar10 cifar100 emnist mnist
+  names: tyro.conf.Positional[tuple[str, ...]]  # e.g. cifar10 cifar100 emnist mnist
   data_dir: pathlib.Path = data.default_data_dir()
 
 

@@ -1,0 +1,51 @@
+"""End-to-end: the walking-skeleton script and the main job's summary."""
+
+import json
+import pathlib
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "scripts"))
+
+import baseline_mlp  # noqa: E402  pylint: disable=g-import-not-at-top
+import reproduce  # noqa: E402  pylint: disable=g-import-not-at-top
+
+
+@pytest.mark.slow
+def test_baseline_trains_resumes_and_writes_results(tmp_path):
+  argv = ["--dataset", "mnist", "--epochs", "3", "--hidden", "64", "--lr", "0.1", "--log-every", "10",
+          "--checkpoint-every", "30", "--workdir", str(tmp_path)]
+  res = baseline_mlp.main(argv)
+  assert res["dataset"] == "mnist (5k subset)" and res["test_examples"] == 1000
+  assert res["test_acc"] > 0.85
+  for name in ("config.json", "metrics.jsonl", "metrics.csv", "curves.png", "results.json", "log.txt"):
+    assert (tmp_path / name).exists(), name
+  headline = json.loads((tmp_path / "results.json").read_text())["headline"]
+  assert headline[0]["value"] == res["test_acc"] and "5k subset" in headline[0]["metric"]
+  # A rerun resumes from the final checkpoint and reproduces the same numbers.
+  assert baseline_mlp.main(argv)["test_acc"] == res["test_acc"]
+
+
+def test_baseline_rejects_bad_config(tmp_path):
+  with pytest.raises(ValueError, match="dataset must be one of"):
+    baseline_mlp.main(["--dataset", "imagenet", "--workdir", str(tmp_path)])
+  with pytest.raises(ValueError, match="checkpoint_every"):
+    baseline_mlp.main(["--checkpoint-every", "150", "--workdir", str(tmp_path)])
+
+
+def test_summary_table_lists_every_headline_row():
+  outcomes = [{"paper": "A", "seconds": 12.0, "ok": True, "command": "python a.py",
+               "rows": [{"metric": "acc", "value": 0.91234, "note": "n"},
+                        {"metric": "loss", "value": 0.1, "note": ""}]},
+              {"paper": "B", "seconds": 3.0, "ok": False, "rows": [{"metric": "run failed", "value": "exit code 1"}]}]
+  text = reproduce.summary_markdown(outcomes, reproduce.Args(), 15.0)
+  assert "| A | acc | 0.9123 | n | 12 s |" in text
+  assert "|  | loss | 0.1 |  |  |" in text
+  assert "| B | run failed | exit code 1 |" in text
+
+
+def test_reproduce_rejects_unknown_entries():
+  with pytest.raises(SystemExit, match="unknown --only"):
+    reproduce.main(["--only", "nope"])
