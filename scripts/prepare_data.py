@@ -36,6 +36,8 @@ class Args:
 
 def main(argv=None) -> None:
   args = tyro.cli(Args, args=argv, description=__doc__)
+  if not args.names:
+    raise SystemExit(f"error: name at least one dataset: {', '.join(_TFDS_NAMES)}.")
   bad = [n for n in args.names if n not in _TFDS_NAMES]
   if bad:
     raise SystemExit(f"error: cannot prepare {bad}; choose from {', '.join(_TFDS_NAMES)}.")
