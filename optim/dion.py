@@ -222,10 +222,10 @@ class DionStep(NamedTuple):
 def power_step(b: jax.Array, q: jax.Array, key: jax.Array, *, mu: Any = 0.95, eps: Any = 1e-8,
                qr_method: str = "rcqr", oversample: float = 1.25, power_iters: int = 1,
                layout: Any = None, data_axis: str | None = None) -> DionStep:
-  """Dion's core on an oriented float32 ``B = M + G`` of shape ``(L, p, q)``.
+  r"""Dion's core on an oriented float32 ``B = M + G`` of shape ``(L, p, q)``.
 
   .. math::
-    P = \mathrm{orth}(B Q),\ R = B^\top P,\ M' = B - (1-\mu) P R^\top,\
+    P = \mathrm{orth}(B Q),\ R = B^\top P,\ M' = B - (1-\mu) P R^\top,\\
     Q' = R / (\|R_{:,j}\| + \epsilon)
 
   With ``data_axis`` (inside ``shard_map``) ``B Q`` and ``R`` are averaged over

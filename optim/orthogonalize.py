@@ -17,12 +17,14 @@ Methods (Ahn et al., 2025, reference implementation):
 * ``'rcqr'``: randomized Cholesky-QR. With a Gaussian sketch ``S`` of shape
   ``(k, p)``, entries ``N(0, 1/k)`` and ``k = ceil(oversample * r / 128) * 128``,
   take the triangular factor ``R_s`` of ``QR(S P)``, set ``P <- P R_s^{-1}``,
-  then do one Cholesky-QR pass (skipped where it fails).
+  then do one Cholesky-QR pass.
 
-Every method ends with a guard: if the result is not finite (a singular
-triangular factor from a rank-deficient input), ``P`` is orthonormalised through
-the eigen-decomposition of the ``r x r`` Gram matrix with degenerate directions
-dropped, which is finite for any input.
+Every method ends with a guard: where the result is not finite (a failed
+Cholesky factorisation, or a singular triangular factor from a rank-deficient
+input), the best finite intermediate (``P R_s^{-1}`` for RCQR, else ``P``) is
+orthonormalised through the eigen-decomposition of its ``r x r`` Gram matrix
+with degenerate directions dropped, which is finite for any input. The guard
+runs under `lax.cond`, so it costs nothing when not needed.
 """
 
 from __future__ import annotations
@@ -98,7 +100,7 @@ def cholesky_qr(p: jax.Array, *, small: Constrain = _identity,
 
 def randomized_cholesky_qr(p: jax.Array, key: jax.Array, oversample: float, *,
                            small: Constrain = _identity, tall: Constrain = _identity,
-                           sketch: Constrain = _identity) -> jax.Array:
+                           sketch: Constrain = _identity) -> tuple[jax.Array, jax.Array]:
   """Randomized Cholesky-QR followed by one Cholesky-QR pass.
 
   .. math::
@@ -114,16 +116,16 @@ def randomized_cholesky_qr(p: jax.Array, key: jax.Array, oversample: float, *,
       sharded like the rows of ``p``).
 
   Returns:
-    The orthonormalised matrix (may hold NaN only if ``R_s`` is singular; the
-    caller's guard handles that).
+    ``(p_orth, p_sketched)``: the result of both passes (NaN where a
+    factorisation failed) and the well-conditioned but only roughly orthonormal
+    ``P R_s^{-1}`` of the first pass (for the caller's guard).
   """
   k = sketch_size(p.shape[-1], oversample)
   s = sketch(jax.random.normal(key, p.shape[:-2] + (k, p.shape[-2]), jnp.float32))
   sp = small(s @ p) / jnp.sqrt(jnp.float32(k))
   r_s = jnp.linalg.qr(sp, mode="r")
   p1 = tall(p @ small(_upper_inverse(r_s)))
-  p2, ok = cholesky_qr(p1, small=small, tall=tall)
-  return _select(ok, p2, p1)
+  return cholesky_qr(p1, small=small, tall=tall)[0], p1
 
 
 def gram_eigh_orthonormalize(p: jax.Array, *, small: Constrain = _identity,
@@ -167,13 +169,20 @@ def orthonormalize(p: jax.Array, method: str = "rcqr", *, key: jax.Array | None 
   if method != "qr" and key is None:
     raise ValueError(f"qr_method={method!r} needs a PRNG key for its random sketch.")
   p = p.astype(jnp.float32)
+  rcqr = lambda: randomized_cholesky_qr(p, key, oversample, small=small, tall=tall, sketch=sketch)
   if method == "qr" or p.shape[-2] <= p.shape[-1]:
-    out = tall(jnp.linalg.qr(p, mode="reduced")[0])
+    out, start = tall(jnp.linalg.qr(p, mode="reduced")[0]), p
   elif method == "cqr":
     out, ok = cholesky_qr(p, small=small, tall=tall)
-    out = lax.cond(jnp.all(ok), lambda: out, lambda: _select(ok, out, randomized_cholesky_qr(
-        p, key, oversample, small=small, tall=tall, sketch=sketch)))
+    out, start = lax.cond(jnp.all(ok), lambda: (out, p), lambda: _merge(ok, out, *rcqr()))
   else:
-    out = randomized_cholesky_qr(p, key, oversample, small=small, tall=tall, sketch=sketch)
+    out, start = rcqr()
+  # Guard: where a factorisation failed, orthonormalise the best finite start.
+  start = _select(_finite(start), start, p)
   return lax.cond(jnp.all(jnp.isfinite(out)), lambda: out,
-                  lambda: gram_eigh_orthonormalize(p, small=small, tall=tall))
+                  lambda: _select(_finite(out), out,
+                                  gram_eigh_orthonormalize(start, small=small, tall=tall)))
+
+
+def _merge(ok, out, fallback, start):
+  return _select(ok, out, fallback), start
