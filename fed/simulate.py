@@ -1,0 +1,332 @@
+"""Client execution for federated simulation: local training and the client axis.
+
+Local training of one client is a sequence of *phases*. A phase trains one
+block of the model (the shared part ``u``, the personal part ``v``, or both)
+with a fresh Optax client transform, for one pass (or ``epochs`` passes) over
+the client's padded batches. Each step minimizes
+
+.. math::
+
+   \\ell(w) = \\frac{\\sum_b m_b\\, f(u, v; x_b, y_b)}{\\max(1, \\sum_b m_b)}
+              + \\frac{\\lambda}{2}\\lVert w - w_0 \\rVert^2,
+
+where ``w`` is the phase's trained block, ``w_0`` its value when the phase
+started and ``m`` the example mask. A step whose batch holds no real example,
+or that comes after the phase's ``max_steps`` real steps, leaves the whole
+state (parameters and optimizer state) unchanged. FedAvg is one ``'shared'``
+phase, FedSim one ``'all'`` phase, FedAlt a ``'personal'`` phase followed by a
+``'shared'`` phase (see `fed.algorithms`).
+
+Two executors run the same maths:
+
+* `local_train`: `lax.scan` over steps, meant to be `vmap`-ed over clients;
+  `map_clients` does that over a chunked client axis (a `lax.scan` over chunks
+  of ``chunk_size`` clients, each chunk one `vmap`), optionally sharded over
+  the ``'clients'`` axis of a mesh with `jax.shard_map`. Per-client outputs
+  that the server sums (deltas) are accumulated inside the scan, so client
+  copies never exist for more than one chunk.
+* `LoopTrainer`: a Python loop over clients and steps of jitted single steps,
+  the way FedJAX's default backend runs clients. It is the reference for
+  parity tests and the benchmark baseline.
+
+Dense models are fine inside scan / vmap on XLA:CPU; conv models are not
+(conv backward inside `lax.scan` is ~25x slower there): run those with
+`LoopTrainer` or on an accelerator.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh, PartitionSpec
+
+from common import mesh as mesh_lib
+
+# loss_fn(params, x, y) -> per-example losses [B].
+LossFn = Callable[[Any, Any, Any], jax.Array]
+# merge(shared, personal, frozen) -> params tree for loss_fn.
+MergeFn = Callable[[Any, Any, Any], Any]
+
+TRAIN_BLOCKS = ("shared", "personal", "all")
+_NO_CAP = np.iinfo(np.int32).max
+
+
+class ClientData(NamedTuple):
+  """Padded per-client data: ``x`` / ``y`` ``[C, S, B, ...]``, bool ``mask`` ``[C, S, B]``."""
+
+  x: Any
+  y: Any
+  mask: Any
+  num_examples: Any  # int [C]: real examples per client
+
+  @classmethod
+  def from_packed(cls, packed) -> "ClientData":
+    """From a `common.federated.ClientArrays`."""
+    return cls(packed.x, packed.y, packed.mask, packed.num_examples)
+
+  def select(self, clients) -> "ClientData":
+    return ClientData(*(a[clients] for a in self))
+
+
+@dataclasses.dataclass(frozen=True)
+class Phase:
+  """One block of local training.
+
+  Attributes:
+    train: ``'shared'``, ``'personal'`` or ``'all'`` (both jointly).
+    tx: client Optax transform, initialised fresh at the start of the phase.
+    max_steps: cap on the number of real steps (None: every real batch of
+      every epoch).
+    prox: coefficient ``lambda`` of ``(lambda/2) ||w - w_0||^2``, with ``w_0``
+      the regularized block's value at the start of the phase (0: none).
+    prox_block: which block the proximal term acts on (``'shared'``,
+      ``'personal'`` or ``'all'``; None: the trained block).
+  """
+
+  train: str
+  tx: optax.GradientTransformation
+  max_steps: int | None = None
+  prox: float = 0.0
+  prox_block: str | None = None
+
+  @property
+  def regularized(self) -> str:
+    return self.train if self.prox_block is None else self.prox_block
+
+  def __post_init__(self):
+    if self.train not in TRAIN_BLOCKS:
+      raise ValueError(f"Phase.train must be one of {TRAIN_BLOCKS}, got {self.train!r}.")
+    if self.max_steps is not None and self.max_steps < 0:
+      raise ValueError(f"Phase.max_steps must be >= 0 or None, got {self.max_steps}.")
+    if self.prox < 0:
+      raise ValueError(f"Phase.prox must be >= 0, got {self.prox}.")
+    if self.prox_block not in (None,) + TRAIN_BLOCKS:
+      raise ValueError(f"Phase.prox_block must be None or one of {TRAIN_BLOCKS}, "
+                       f"got {self.prox_block!r}.")
+
+
+class LocalState(NamedTuple):
+  u: Any
+  v: Any
+  opt_state: Any
+  start: Any  # the regularized block at the start of the phase (prox centre)
+  steps: jax.Array  # real steps taken in this phase
+
+
+def _take(train: str, u, v):
+  return {"shared": u, "personal": v, "all": (u, v)}[train]
+
+
+def _put(train: str, w, u, v):
+  if train == "shared":
+    return w, v
+  if train == "personal":
+    return u, w
+  return w
+
+
+def masked_mean(values: jax.Array, mask: jax.Array) -> jax.Array:
+  m = mask.astype(values.dtype)
+  return jnp.sum(values * m) / jnp.maximum(jnp.sum(m), 1.0)
+
+
+def _sq_dist(a, b) -> jax.Array:
+  return sum((jnp.sum(jnp.square(x - y)) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))),
+             jnp.zeros(()))
+
+
+def phase_init(phase: Phase, u, v) -> LocalState:
+  return LocalState(u, v, phase.tx.init(_take(phase.train, u, v)),
+                    _take(phase.regularized, u, v), jnp.zeros((), jnp.int32))
+
+
+def phase_step(loss_fn: LossFn, merge: MergeFn, phase: Phase, state: LocalState, frozen, x, y,
+               mask, lr_scale) -> tuple[LocalState, jax.Array, jax.Array]:
+  """One (possibly inactive) local step. Returns ``(state, loss, active)``."""
+  w = _take(phase.train, state.u, state.v)
+
+  def objective(w):
+    u, v = _put(phase.train, w, state.u, state.v)
+    loss = masked_mean(loss_fn(merge(u, v, frozen), x, y), mask)
+    reg = _sq_dist(_take(phase.regularized, u, v), state.start)
+    return loss + 0.5 * phase.prox * reg, loss
+
+  (_, loss), grads = jax.value_and_grad(objective, has_aux=True)(w)
+  updates, opt_state = phase.tx.update(grads, state.opt_state, w)
+  updates = jax.tree.map(lambda g: lr_scale * g, updates)
+  u, v = _put(phase.train, optax.apply_updates(w, updates), state.u, state.v)
+  cap = _NO_CAP if phase.max_steps is None else phase.max_steps
+  active = jnp.any(mask) & (state.steps < cap)
+  new = LocalState(u, v, opt_state, state.start, state.steps + 1)
+  state = jax.tree.map(lambda a, b: jnp.where(active, a, b), new, state)
+  return state, loss, active
+
+
+def local_train(loss_fn: LossFn, merge: MergeFn, phases: Sequence[Phase], u, v, frozen, x, y,
+                mask, *, epochs: int = 1, lr_scale=1.0) -> tuple[Any, Any, dict[str, jax.Array]]:
+  """Runs ``phases`` for one client with `lax.scan` over its ``[S, B, ...]`` batches.
+
+  Returns:
+    ``(u, v, metrics)``: the client's final blocks, and per phase ``k``
+    ``loss_k`` (mean loss over the phase's real steps) and ``steps_k``.
+  """
+  num = mask.shape[0]
+  metrics = {}
+  for k, phase in enumerate(phases):
+    def body(state, t, phase=phase):
+      i = t % num
+      state, loss, active = phase_step(loss_fn, merge, phase, state, frozen, x[i], y[i],
+                                       mask[i], lr_scale)
+      return state, (loss, active)
+    state, (losses, active) = jax.lax.scan(body, phase_init(phase, u, v),
+                                           jnp.arange(epochs * num))
+    u, v = state.u, state.v
+    metrics[f"loss_{k}"] = masked_mean(losses, active)
+    metrics[f"steps_{k}"] = state.steps
+  return u, v, metrics
+
+
+# ---------------------------------------------------------------------------
+# The client axis: chunked vmap, sharded over a mesh
+
+
+def _pad_rows(tree, total: int):
+  def pad(a):
+    a = jnp.asarray(a)
+    return jnp.pad(a, [(0, total - a.shape[0])] + [(0, 0)] * (a.ndim - 1))
+  return jax.tree.map(pad, tree)
+
+
+def map_clients(fn: Callable[[Any, Any], tuple[Any, Any]], broadcast: Any, clients: Any,
+                weights: jax.Array, *, chunk_size: int | None = None,
+                mesh: Mesh | None = None) -> tuple[Any, Any]:
+  """Runs ``fn`` over the client axis: a weighted sum of one output, a stack of the other.
+
+  ``fn(broadcast, client) -> (summed, kept)`` handles one client (``client``
+  is one row of every leaf of ``clients``). Clients go in chunks of
+  ``chunk_size`` (one `vmap` per chunk, a `lax.scan` over chunks); with a
+  ``mesh``, the client axis is first split over its ``'clients'`` axis
+  (`jax.shard_map`, partial sums combined with ``psum``). The client count is
+  padded with zero-weight, all-zero clients to a multiple of
+  ``devices * chunk_size``; ``fn`` must map such a client to finite outputs
+  (all-masked local training does).
+
+  Returns:
+    ``(sum_i weights[i] * summed_i, kept)`` with ``kept`` stacked ``[C, ...]``.
+  """
+  weights = jnp.asarray(weights, jnp.float32)
+  count = int(weights.shape[0])
+  devices = mesh_lib.axis_size(mesh, mesh_lib.CLIENTS) if mesh is not None else 1
+  per_device = -(-count // devices)
+  chunk = per_device if chunk_size is None else max(1, min(int(chunk_size), per_device))
+  per_device = -(-per_device // chunk) * chunk
+  total = per_device * devices
+  clients = _pad_rows(clients, total)
+  weights = _pad_rows(weights, total)
+  one = jax.tree.map(lambda a: a[:1], clients)
+  summed_shape = jax.eval_shape(lambda c: jax.vmap(fn, in_axes=(None, 0))(broadcast, c)[0], one)
+
+  def local(broadcast, clients, weights):
+    num_chunks = weights.shape[0] // chunk
+    chunks = jax.tree.map(lambda a: a.reshape((num_chunks, chunk) + a.shape[1:]), clients)
+    acc0 = jax.tree.map(lambda s: jnp.zeros(s.shape[1:], s.dtype), summed_shape)
+
+    def body(acc, inputs):
+      block, w = inputs
+      summed, kept = jax.vmap(fn, in_axes=(None, 0))(broadcast, block)
+      acc = jax.tree.map(lambda a, s: a + jnp.tensordot(w.astype(s.dtype), s, axes=1), acc, summed)
+      return acc, kept
+
+    acc, kept = jax.lax.scan(body, acc0, (chunks, weights.reshape(num_chunks, chunk)))
+    kept = jax.tree.map(lambda a: a.reshape((num_chunks * chunk,) + a.shape[2:]), kept)
+    if mesh is not None:
+      acc = jax.lax.psum(acc, mesh_lib.CLIENTS)
+    return acc, kept
+
+  if mesh is not None:
+    rows = PartitionSpec(mesh_lib.CLIENTS)
+    local = jax.shard_map(local, mesh=mesh, in_specs=(PartitionSpec(), rows, rows),
+                          out_specs=(PartitionSpec(), rows))
+  acc, kept = local(broadcast, clients, weights)
+  return acc, jax.tree.map(lambda a: a[:count], kept)
+
+
+# ---------------------------------------------------------------------------
+# Python-loop executor (FedJAX-style): the parity reference and benchmark baseline
+
+
+class LoopTrainer:
+  """Local training as a Python loop over real batches of a jitted single step.
+
+  Same maths as `local_train` (inactive steps are skipped instead of masked).
+  ``x``, ``y``, ``mask`` are host (NumPy) arrays of one client.
+  """
+
+  def __init__(self, loss_fn: LossFn, merge: MergeFn, phases: Sequence[Phase]):
+    self.phases = tuple(phases)
+    self._init = [jax.jit(functools.partial(phase_init, p)) for p in self.phases]
+    self._step = [jax.jit(functools.partial(phase_step, loss_fn, merge, p)) for p in self.phases]
+
+  def __call__(self, u, v, frozen, x, y, mask, *, epochs: int = 1, lr_scale=1.0):
+    mask = np.asarray(mask)
+    lr_scale = jnp.asarray(lr_scale, jnp.float32)
+    metrics = {}
+    for k, phase in enumerate(self.phases):
+      state = self._init[k](u, v)
+      cap = _NO_CAP if phase.max_steps is None else phase.max_steps
+      losses = []
+      for _ in range(epochs):
+        for s in range(mask.shape[0]):
+          if not mask[s].any() or len(losses) >= cap:
+            continue
+          state, loss, _ = self._step[k](state, frozen, x[s], y[s], mask[s], lr_scale)
+          losses.append(loss)
+      u, v = state.u, state.v
+      metrics[f"loss_{k}"] = jnp.mean(jnp.stack(losses)) if losses else jnp.zeros(())
+      metrics[f"steps_{k}"] = jnp.asarray(len(losses), jnp.int32)
+    return u, v, metrics
+
+
+# ---------------------------------------------------------------------------
+# Per-client evaluation and summaries
+
+
+def client_sums(metric_fn: Callable[[Any, Any, Any], dict[str, jax.Array]], params, x, y,
+                mask) -> dict[str, jax.Array]:
+  """Masked sums of per-example metrics over one client's ``[S, B, ...]`` batches, plus ``count``."""
+  def body(acc, batch):
+    xb, yb, mb = batch
+    values = metric_fn(params, xb, yb)
+    m = mb.astype(jnp.float32)
+    acc = {k: acc[k] + jnp.sum(values[k] * m) for k in values} | {"count": acc["count"] + m.sum()}
+    return acc, None
+  shapes = jax.eval_shape(metric_fn, params, x[0], y[0])
+  acc0 = {k: jnp.zeros((), jnp.float32) for k in shapes} | {"count": jnp.zeros((), jnp.float32)}
+  acc, _ = jax.lax.scan(body, acc0, (x, y, mask))
+  return acc
+
+
+def summarize(per_client: dict[str, np.ndarray], *, percentile: float = 10.0) -> dict[str, float]:
+  """Size-weighted mean and ``percentile``-th percentile across clients of each metric.
+
+  ``per_client`` holds masked sums per client and their ``count``; clients
+  without examples are left out.
+  """
+  count = np.asarray(per_client["count"], np.float64)
+  keep = count > 0
+  out = {"clients": int(keep.sum())}
+  for key, sums in per_client.items():
+    if key == "count":
+      continue
+    sums = np.asarray(sums, np.float64)[keep]
+    mean_per_client = sums / count[keep]
+    out[f"{key}_mean"] = float(sums.sum() / count[keep].sum())
+    out[f"{key}_p{int(percentile)}"] = float(np.percentile(mean_per_client, percentile))
+  return out
