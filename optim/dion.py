@@ -19,7 +19,6 @@ References:
 from __future__ import annotations
 
 import math
-import inspect
 from typing import Any, NamedTuple
 
 import jax
@@ -32,11 +31,11 @@ from common import mesh as mesh_lib
 from optim import labels as labels_lib
 from optim import orthogonalize as orth
 
-# Arguments of `scale_by_dion` / `dion` that fix array shapes or code paths; pass
-# them as ``static_args`` to `optax.inject_hyperparams`.
+# Arguments that fix array shapes or code paths; pass them as ``static_args`` to
+# `optax.inject_hyperparams` (for `scale_by_dion` and for `dion` respectively).
 STATIC_ARGS = ("rank_fraction", "rank_multiple_of", "power_iters", "qr_method", "oversample",
-               "momentum_dtype", "key", "mesh", "specs", "data_axis", "fsdp_axis", "tp_axis",
-               "labels", "scalar_optimizer")
+               "momentum_dtype", "key", "mesh", "specs", "data_axis", "fsdp_axis", "tp_axis")
+DION_STATIC_ARGS = STATIC_ARGS + ("labels", "scalar_optimizer")
 
 
 class ScaleByDionState(NamedTuple):
@@ -131,25 +130,26 @@ class _Layout:
   def __init__(self, plan: LeafPlan, mesh: Mesh | None):
     self.plan, self.mesh = plan, mesh
 
-  def _c(self, x: jax.Array, *spec) -> jax.Array:
+  def _c(self, x: jax.Array, *fields: str | None) -> jax.Array:
     if self.mesh is None:  # unsharded (also the plan-less default of `power_step`)
       return x
-    return lax.with_sharding_constraint(x, NamedSharding(self.mesh, PartitionSpec(*spec)))
+    spec = PartitionSpec(*(getattr(self.plan, f) if f else None for f in fields))
+    return lax.with_sharding_constraint(x, NamedSharding(self.mesh, spec))
 
   def full(self, x):  # (L, p, q)
-    return self._c(x, self.plan.batch_spec, self.plan.p_spec, self.plan.q_spec)
+    return self._c(x, "batch_spec", "p_spec", "q_spec")
 
   def tall(self, x):  # (L, p, r)
-    return self._c(x, self.plan.batch_spec, self.plan.p_spec, None)
+    return self._c(x, "batch_spec", "p_spec", None)
 
   def qside(self, x):  # (L, q, r)
-    return self._c(x, self.plan.batch_spec, self.plan.q_spec, None)
+    return self._c(x, "batch_spec", "q_spec", None)
 
   def small(self, x):  # (L, r, r) or (L, k, r)
-    return self._c(x, self.plan.batch_spec, None, None)
+    return self._c(x, "batch_spec", None, None)
 
   def sketch(self, x):  # (L, k, p)
-    return self._c(x, self.plan.batch_spec, None, self.plan.p_spec)
+    return self._c(x, "batch_spec", None, "p_spec")
 
   def _lead(self) -> tuple[Any, ...]:
     plan = self.plan
@@ -396,9 +396,14 @@ def synchronize(opt_state: Any, data_axis: str) -> Any:
 
 
 def dion(learning_rate: optax.ScalarOrSchedule, rank_fraction: float = 1.0, mu: Any = 0.95,
-         weight_decay: Any = 0.01, *, labels: Any = None, scalar_optimizer: str = "adamw",
-         scalar_learning_rate: optax.ScalarOrSchedule | None = None,
-         **kwargs: Any) -> optax.GradientTransformation:
+         weight_decay: Any = 0.01, *, rank_multiple_of: int = 1, power_iters: int = 1,
+         qr_method: str = "rcqr", oversample: float = 1.25, eps: Any = 1e-8,
+         momentum_dtype: Any = None, key: jax.Array | int = 0, mesh: Mesh | None = None,
+         specs: Any = None, fsdp_axis: str = mesh_lib.FSDP, tp_axis: str = mesh_lib.TP,
+         data_axis: str | None = None, labels: Any = None, scalar_optimizer: str = "adamw",
+         scalar_learning_rate: optax.ScalarOrSchedule | None = None, scalar_b1: Any = 0.9,
+         scalar_b2: Any = 0.95, scalar_eps: Any = 1e-8, scalar_weight_decay: Any = 0.0,
+         embed_b1: Any = 0.95, embed_b2: Any = 0.98) -> optax.GradientTransformation:
   r"""Dion for hidden matrices, AdamW or Lion for everything else.
 
   Matrices labelled `optim.labels.MATRIX` get
@@ -408,29 +413,34 @@ def dion(learning_rate: optax.ScalarOrSchedule, rank_fraction: float = 1.0, mu: 
 
   i.e. ``chain(scale_by_dion, add_decayed_weights(weight_decay),
   scale_by_learning_rate(learning_rate))``. Vectors, embeddings and the head
-  go to the scalar optimizer as described in `optim.routed.routed`
+  go to the scalar optimizer as described in `optim.routed`
   (head learning rate times ``1/sqrt(fan_in)`` for Lion, 1 for AdamW).
+  Under `optax.inject_hyperparams` pass ``static_args=DION_STATIC_ARGS``.
 
   Args:
     learning_rate: matrix learning rate (scalar or schedule).
-    rank_fraction, mu: see `scale_by_dion`.
+    rank_fraction, mu, rank_multiple_of, power_iters, qr_method, oversample, eps,
+      momentum_dtype, key, mesh, specs, fsdp_axis, tp_axis, data_axis: see
+      `scale_by_dion`.
     weight_decay: decoupled weight decay of the matrices (uses the base lr).
     labels: label tree / callable (`optim.labels`); default `label_params`.
     scalar_optimizer: ``'adamw'`` or ``'lion'``.
     scalar_learning_rate: learning rate of the scalar groups (default: same).
-    **kwargs: forwarded to `scale_by_dion` (``rank_multiple_of``, ``mesh``, ...)
-      or to `optim.routed.routed` (``scalar_b1``, ``scalar_weight_decay``, ...).
+    scalar_b1, scalar_b2, scalar_eps, scalar_weight_decay, embed_b1, embed_b2:
+      scalar group settings, see `optim.routed.routed`.
 
   Returns:
     An `optax.GradientTransformation` (an ``optax.partition``).
   """
   from optim import routed as routed_lib  # pylint: disable=import-outside-toplevel
-  dion_names = set(inspect.signature(scale_by_dion).parameters)
-  dion_kw = {k: kwargs.pop(k) for k in list(kwargs) if k in dion_names}
-  matrix = optax.chain(scale_by_dion(rank_fraction, mu, **dion_kw),
-                       optax.add_decayed_weights(weight_decay),
-                       optax.scale_by_learning_rate(learning_rate))
-  return routed_lib.routed(matrix, learning_rate, labels=labels, scalar_optimizer=scalar_optimizer,
-                           scalar_learning_rate=scalar_learning_rate,
-                           data_axis=dion_kw.get("data_axis"), **kwargs)
-
+  matrix = optax.chain(
+      scale_by_dion(rank_fraction, mu, rank_multiple_of, power_iters, qr_method, oversample, eps,
+                    momentum_dtype, key, mesh=mesh, specs=specs, fsdp_axis=fsdp_axis,
+                    tp_axis=tp_axis, data_axis=data_axis),
+      optax.add_decayed_weights(weight_decay),
+      optax.scale_by_learning_rate(learning_rate))
+  return routed_lib.routed(
+      matrix, learning_rate, labels=labels, scalar_optimizer=scalar_optimizer,
+      scalar_learning_rate=scalar_learning_rate, scalar_b1=scalar_b1, scalar_b2=scalar_b2,
+      scalar_eps=scalar_eps, scalar_weight_decay=scalar_weight_decay, embed_b1=embed_b1,
+      embed_b2=embed_b2, data_axis=data_axis)
