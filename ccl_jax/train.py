@@ -229,14 +229,16 @@ def make_step_fn(trainer: Trainer, images: Array, labels: Array, *,
   """
   num_examples = images.shape[0]
 
-  def one(state, idx, step):
+  # The data are passed as arguments, not closed over: closed-over arrays
+  # become compile-time constants of the jitted program.
+  def one(state, images, labels, idx, step):
     return trainer.train_step(state, images[idx], labels[idx], step)
 
   @jax.jit
-  def many(state, idx, step0):
+  def many(state, images, labels, idx, step0):
     def body(st, inp):
       i, ids = inp
-      return one(st, ids, step0 + i)
+      return one(st, images, labels, ids, step0 + i)
     state, mets = lax.scan(body, state, (jnp.arange(idx.shape[0]), idx))
     return state, jax.tree.map(jnp.mean, mets)
 
@@ -246,10 +248,10 @@ def make_step_fn(trainer: Trainer, images: Array, labels: Array, *,
     idx = jnp.asarray(data_lib.batch_indices(num_examples, batch_size, seed,
                                              step, n))
     if scan:
-      return many(state, idx, jnp.asarray(step))
+      return many(state, images, labels, idx, jnp.asarray(step))
     mets = []
     for i in range(n):
-      state, m = one_jit(state, idx[i], jnp.asarray(step + i))
+      state, m = one_jit(state, images, labels, idx[i], jnp.asarray(step + i))
       mets.append(m)
     return state, jax.tree.map(lambda *v: jnp.mean(jnp.stack(v)), *mets)
 

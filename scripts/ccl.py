@@ -1,0 +1,307 @@
+"""Counter-Current Learning (Kao & Hariharan, NeurIPS 2024) against backprop.
+
+Trains the dual forward/feedback network with layer-local CCL losses and the
+same forward net with end-to-end backprop (BP), side by side on the same data,
+budget and optimiser settings. Writes results.json (test accuracy, or test
+MSE for the autoencoder, of every method and seed), learning curves, the
+paper's diagnostics (per-layer cosine between f_l and the transpose of its
+mirrored feedback map g_l, and CKA between a_l and c_l over training), and
+for the autoencoder a grid of reconstructions.
+
+    python scripts/ccl.py --preset quick                   # Fashion-MNIST MLP, 5 epochs
+    python scripts/ccl.py --preset quick --epochs 20 --workdir runs/ccl/fmnist20
+    python scripts/ccl.py --preset ae                      # conv autoencoder, Fashion-MNIST
+    python scripts/ccl.py --preset paper_cifar10_cnn       # needs a prepared TFDS cifar10
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import statistics
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from ccl_jax import diagnostics, losses, train
+from ccl_jax.models import CCLAutoencoder, CCLCNN, CCLMLP
+from common import config, data, loop, plots
+
+log = logging.getLogger("ccl")
+
+Model = Literal["mlp", "cnn", "cnn_pool", "ae"]
+Method = Literal["ccl", "bp"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+  """Counter-current learning vs backprop (reference-config defaults: MLP)."""
+
+  dataset: str = "fashion_mnist"  # common.data image dataset
+  model: Model = "mlp"  # mlp | cnn | cnn_pool | ae
+  methods: tuple[Method, ...] = ("ccl", "bp")  # trained one after the other
+  seeds: tuple[int, ...] = (0,)
+  epochs: int = 5
+  batch_size: int = 256
+  lr: float = 1.0  # SGD learning rate of both nets
+  bp_lr: float | None = None  # BP learning rate (None: same as lr)
+  momentum: float = 0.0
+  weight_decay: float = 0.0
+  clip: float | None = 1.0  # per-group global-norm clip (None: off)
+  cosine: bool = False  # per-epoch cosine decay over `epochs` down to eta_min
+  eta_min: float = 1e-3
+  warmup_steps: int = 0  # loss warm-up (reference style)
+  grad_centralization: bool = False
+  scale_c: float = 0.5  # alignment weight (0.5 MLP, 1.0 CNN)
+  scale_ssl: float = 0.5  # CNN decorrelation weight
+  filter_target: bool = False  # CNN: drop examples already classified with p > 0.9
+  scale_h: float = 1.0  # autoencoder pair-loss weight
+  hidden: tuple[int, ...] = (256,) * 5  # MLP hidden widths
+  channels: tuple[int, ...] = (128, 128, 256, 256, 512)  # CNN / AE widths
+  val_fraction: float = 0.1  # held out of train for model selection
+  diag_examples: int = 1000  # test examples used for the CKA diagnostic
+  checkpoint_epochs: int = 5  # checkpoint every this many epochs
+
+  def validate(self) -> None:
+    req = config.require
+    req(self.dataset in data.IMAGE_DATASETS,
+        f"dataset must be one of {data.IMAGE_DATASETS}, got {self.dataset!r}.")
+    req(len(self.methods) >= 1 and len(set(self.methods)) == len(self.methods),
+        f"methods must list ccl and/or bp once each, got {self.methods}.")
+    req(len(self.seeds) >= 1, "seeds must not be empty.")
+    req(self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}.")
+    req(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}.")
+    req(self.lr > 0, f"lr must be > 0, got {self.lr}.")
+    req(self.bp_lr is None or self.bp_lr > 0, f"bp_lr must be > 0, got {self.bp_lr}.")
+    req(0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}.")
+    req(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}.")
+    req(self.clip is None or self.clip > 0, f"clip must be > 0 or None, got {self.clip}.")
+    req(0 <= self.eta_min <= self.lr, f"eta_min must be in [0, lr], got {self.eta_min}.")
+    req(self.warmup_steps >= 0, f"warmup_steps must be >= 0, got {self.warmup_steps}.")
+    req(0 <= self.val_fraction < 0.5, f"val_fraction must be in [0, 0.5), got {self.val_fraction}.")
+    req(all(w >= 1 for w in self.hidden + self.channels),
+        f"widths must be >= 1, got hidden={self.hidden}, channels={self.channels}.")
+    req(self.model != "ae" or len(self.channels) <= 5,
+        f"the autoencoder halves 32x32 inputs once per channel entry; "
+        f"use at most 5, got {self.channels}.")
+    req(self.diag_examples >= 10, "diag_examples must be >= 10.")
+    req(self.checkpoint_epochs >= 1, "checkpoint_epochs must be >= 1.")
+
+
+_CNN = dict(model="cnn_pool", batch_size=128, scale_c=1.0, scale_ssl=0.5,
+            warmup_steps=100, grad_centralization=True, cosine=True)
+PRESETS = {
+    "quick": Config(),
+    "paper": Config(epochs=100),
+    "paper_mnist_mlp": Config(dataset="mnist", epochs=100),
+    "paper_cifar10_mlp": Config(dataset="cifar10", hidden=(1024,) * 3, epochs=100),
+    "paper_cifar100_mlp": Config(dataset="cifar100", hidden=(1024,) * 3, epochs=100),
+    "paper_cifar10_cnn": Config(dataset="cifar10", momentum=0.8, weight_decay=1e-6,
+                                clip=0.3, filter_target=True, epochs=100, **_CNN),
+    "paper_cifar100_cnn": Config(dataset="cifar100", momentum=0.5, weight_decay=1e-6,
+                                 clip=None, epochs=100, **_CNN),
+    "paper_mnist_cnn": Config(dataset="mnist", model="cnn", scale_c=1.0, warmup_steps=100,
+                              epochs=100),
+    "cnn_small": Config(model="cnn", channels=(16, 16, 32, 32, 64), scale_c=1.0,
+                        warmup_steps=100, epochs=2, batch_size=128, bp_lr=0.05),
+    "ae": Config(model="ae", channels=(16, 32, 64), batch_size=64, lr=0.01, bp_lr=0.05,
+                 momentum=0.9, weight_decay=1e-4, clip=0.2, cosine=True,
+                 warmup_steps=100, grad_centralization=True, epochs=3),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Data:
+  """Network-ready arrays of one experiment (train / validation / test)."""
+  x_train: np.ndarray
+  y_train: np.ndarray
+  x_val: np.ndarray
+  y_val: np.ndarray
+  x_test: np.ndarray
+  y_test: np.ndarray
+  num_classes: int
+  name: str
+  source: str
+
+
+def load_data(cfg: Config) -> Data:
+  """Loads the dataset, splits off validation data, resizes and standardises.
+
+  Conv models see 32x32 inputs (28x28 datasets are resized, as in the
+  reference). Classifiers get per-channel standardised inputs; the
+  autoencoder keeps [0, 1] pixels so that its MSE is in pixel units.
+  """
+  train_ds, test_ds = data.load(cfg.dataset, "train"), data.load(cfg.dataset, "test")
+  perm = np.random.default_rng(0).permutation(len(train_ds))  # same split for every run
+  n_val = int(round(cfg.val_fraction * len(train_ds)))
+  val_idx, train_idx = perm[:n_val], perm[n_val:]
+  pixels = data.to_float(train_ds.images[train_idx])
+  if cfg.model == "ae":
+    mean = std = None
+  else:
+    mean, std = pixels.mean(axis=(0, 1, 2)), pixels.std(axis=(0, 1, 2))
+  prep = lambda im: train.prepare_inputs(im, flat=cfg.model == "mlp",
+                                         size=None if cfg.model == "mlp" else 32,
+                                         mean=mean, std=std)
+  return Data(prep(train_ds.images[train_idx]), train_ds.labels[train_idx],
+              prep(train_ds.images[val_idx]), train_ds.labels[val_idx],
+              prep(test_ds.images), test_ds.labels, train_ds.num_classes,
+              train_ds.name, train_ds.source)
+
+
+def build_model(cfg: Config, ds: Data, seed: int):
+  rngs = nnx.Rngs(seed)
+  if cfg.model == "mlp":
+    return CCLMLP((ds.x_train.shape[1], *cfg.hidden, ds.num_classes), rngs=rngs)
+  if cfg.model == "ae":
+    return CCLAutoencoder(ds.x_train.shape[-1], cfg.channels, rngs=rngs)
+  return CCLCNN(ds.x_train.shape[1:], ds.num_classes, cfg.channels,
+                pool=cfg.model == "cnn_pool", rngs=rngs)
+
+
+def make_trainer(cfg: Config, ds: Data, method: str, seed: int):
+  steps = data.steps_per_epoch(len(ds.y_train), cfg.batch_size)
+  lr = cfg.bp_lr if (method == "bp" and cfg.bp_lr is not None) else cfg.lr
+  opt = train.OptimConfig(
+      learning_rate=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+      clip_norm=cfg.clip, cosine_epochs=cfg.epochs if cfg.cosine else 0,
+      eta_min=min(cfg.eta_min, lr), warmup_steps=cfg.warmup_steps,
+      grad_centralization=cfg.grad_centralization, steps_per_epoch=steps)
+  kind = {"mlp": "mlp", "ae": "ae"}.get(cfg.model, "cnn")
+  loss_cfg = losses.LossConfig(kind=kind, scale_c=cfg.scale_c, scale_ssl=cfg.scale_ssl,
+                               filter_target=cfg.filter_target, scale_h=cfg.scale_h)
+  return train.Trainer.create(
+      build_model(cfg, ds, seed), train.make_optimizer(opt),
+      losses.ccl_loss if method == "ccl" else losses.bp_loss, loss_cfg,
+      cfg.warmup_steps)
+
+
+def run_one(cfg: Config, ds: Data, method: str, seed: int, workdir) -> dict:
+  """Trains one (method, seed); evaluates and logs diagnostics every epoch."""
+  trainer, state = make_trainer(cfg, ds, method, seed)
+  steps = data.steps_per_epoch(len(ds.y_train), cfg.batch_size)
+  step_fn = train.make_step_fn(trainer, jnp.asarray(ds.x_train), jnp.asarray(ds.y_train),
+                               batch_size=cfg.batch_size, seed=seed,
+                               scan=cfg.model == "mlp")
+  eval_batch = jax.jit(trainer.eval_batch)
+  x_diag = jnp.asarray(ds.x_test[:cfg.diag_examples])
+  y_diag = jnp.asarray(ds.y_test[:cfg.diag_examples])
+
+  @jax.jit
+  def diag(params, x, y):
+    model = trainer.model(params)
+    cka = jnp.zeros(0) if cfg.model == "ae" else diagnostics.pair_cka(model, x, y)
+    return diagnostics.weight_alignment(model), cka
+
+  def eval_fn(state, step):
+    del step
+    params = state["params"]
+    out = {f"test_{k}": v for k, v in
+           train.evaluate(eval_batch, params, ds.x_test, ds.y_test).items()}
+    if len(ds.y_val):
+      out.update({f"val_{k}": v for k, v in
+                  train.evaluate(eval_batch, params, ds.x_val, ds.y_val).items()})
+    if method == "ccl":
+      cos, cka = jax.device_get(diag(params, x_diag, y_diag))
+      out.update({f"cos_{l}": float(c) for l, c in enumerate(cos)})
+      out.update({f"cka_{l}": float(c) for l, c in enumerate(cka)})
+    return out
+
+  state, history = loop.train(
+      state, step_fn=step_fn, num_steps=cfg.epochs * steps, workdir=workdir,
+      log_every=steps, checkpoint_every=steps * cfg.checkpoint_epochs,
+      eval_fn=eval_fn, eval_every=steps, desc=f"{method} seed {seed}")
+  epochs = [r for r in history if "test_" + _metric(cfg) in r]
+  score = "val_" + ("mse" if cfg.model == "ae" else "ce")
+  chosen = min(epochs, key=lambda r: r[score]) if score in epochs[-1] else epochs[-1]
+  return {"seed": seed, "final": epochs[-1]["test_" + _metric(cfg)],
+          "selected": chosen["test_" + _metric(cfg)],
+          "selected_epoch": chosen["step"] // steps,
+          "train_seconds": sum(r.get("chunk_s", 0.0) for r in history),
+          "history": epochs, "params": state["params"], "trainer": trainer}
+
+
+def _metric(cfg: Config) -> str:
+  return "mse" if cfg.model == "ae" else "acc"
+
+
+def _mean_std(values):
+  return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def write_plots(cfg: Config, ds: Data, runs: dict, run) -> list[str]:
+  metric = _metric(cfg)
+  label = "test MSE" if metric == "mse" else "test accuracy"
+  curves = {}
+  for method, rs in runs.items():
+    for r in rs:
+      x = [h["step"] for h in r["history"]]
+      curves[f"{method.upper()} seed {r['seed']}"] = (x, [h["test_" + metric] for h in r["history"]])
+  paths = [plots.line_plot(curves, run.path("curves.png"), xlabel="step", ylabel=label,
+                           title=f"CCL vs BP, {cfg.model} on {ds.name}")]
+  if "ccl" in runs:
+    hist = runs["ccl"][0]["history"]
+    x = [h["step"] for h in hist]
+    for key, ylabel in (("cos", "cos(f_l, g_l^T)"), ("cka", "CKA(a_l, c_l[y])")):
+      layers = sorted({int(k.split("_")[1]) for k in hist[-1] if k.startswith(key + "_")})
+      if layers:
+        series = {f"layer {l}": (x, [h[f"{key}_{l}"] for h in hist]) for l in layers}
+        paths.append(plots.line_plot(series, run.path(f"{key}.png"), xlabel="step",
+                                     ylabel=ylabel, title=f"CCL {ylabel} over training"))
+  if cfg.model == "ae":
+    grid = [ds.x_test[:8]]
+    for method, rs in runs.items():
+      r = rs[0]
+      grid.append(np.asarray(r["trainer"].model(r["params"])(jnp.asarray(ds.x_test[:8]))))
+    paths.append(plots.image_grid(np.concatenate(grid), run.path("reconstructions.png"),
+                                  ncols=8, title="rows: test images, " + ", ".join(
+                                      m.upper() for m in runs) + " reconstructions"))
+  return [str(p) for p in paths]
+
+
+def main(argv=None) -> dict:
+  cfg, run = config.cli(Config, PRESETS, paper="ccl", description=__doc__, argv=argv)
+  ds = load_data(cfg)
+  metric = _metric(cfg)
+  runs = {m: [run_one(cfg, ds, m, s, run.path(f"{m}_seed{s}")) for s in cfg.seeds]
+          for m in cfg.methods}
+  summary = {}
+  for method, rs in runs.items():
+    final_mean, final_std = _mean_std([r["final"] for r in rs])
+    sel_mean, sel_std = _mean_std([r["selected"] for r in rs])
+    summary[method] = {f"test_{metric}_final": final_mean, f"test_{metric}_final_std": final_std,
+                       f"test_{metric}_selected": sel_mean, f"test_{metric}_selected_std": sel_std}
+  results = {
+      "dataset": ds.name, "data_source": ds.source, "model": cfg.model,
+      "epochs": cfg.epochs, "seeds": list(cfg.seeds), "train_examples": len(ds.y_train),
+      "val_examples": len(ds.y_val), "test_examples": len(ds.y_test),
+      "summary": summary,
+      "runs": {m: [{k: v for k, v in r.items() if k not in ("params", "trainer", "history")}
+                   for r in rs] for m, rs in runs.items()},
+      "final_diagnostics": ({k: v for k, v in runs["ccl"][0]["history"][-1].items()
+                             if k.startswith(("cos_", "cka_"))} if "ccl" in runs else {}),
+  }
+  headline = []
+  what = f"{cfg.model.upper()} on {ds.name}"
+  if metric == "mse":
+    mean_image = ds.x_train.mean(axis=0)
+    results["mean_image_test_mse"] = float(np.mean((ds.x_test - mean_image) ** 2))
+    headline.append({"metric": f"mean-image predictor test MSE, {ds.name}",
+                     "value": results["mean_image_test_mse"], "note": "reference point"})
+  for method, s in summary.items():
+    headline.append({"metric": f"{method.upper()} test {metric}, {what}",
+                     "value": s[f"test_{metric}_final"],
+                     "note": f"{cfg.epochs} epochs, {len(cfg.seeds)} seed(s); "
+                             f"val-selected: {s[f'test_{metric}_selected']:.4f}"})
+  results["plots"] = write_plots(cfg, ds, runs, run)
+  run.write_results(results, headline)
+  for row in headline:
+    log.info("%s: %.4f (%s)", row["metric"], row["value"], row["note"])
+  return results
+
+
+if __name__ == "__main__":
+  main()
