@@ -167,9 +167,8 @@ class FedAlgorithm:
 
   def sample(self, state: FedState, num_clients: int) -> jax.Array:
     """The round's clients: a pure function of ``(state.key, state.round)``."""
-    key = jax.random.fold_in(state.key, state.round)
-    return jax.random.choice(jax.random.fold_in(key, 0), num_clients,
-                             (self.clients_per_round,), replace=False)
+    key = jax.random.fold_in(jax.random.fold_in(state.key, state.round), 0)
+    return jnp.argsort(jax.random.uniform(key, (num_clients,)))[:self.clients_per_round]
 
   # -- one round -------------------------------------------------------------
 
@@ -178,9 +177,9 @@ class FedAlgorithm:
     idx = self.sample(state, num_clients)
     sel = data.select(idx)
     steps = sel.mask.shape[1]
-    order_keys = jax.random.split(jax.random.fold_in(jax.random.fold_in(state.key, state.round), 1),
-                                  self.clients_per_round)
-    perms = jax.vmap(lambda k: jax.random.permutation(k, steps))(order_keys)
+    # A fresh batch order per client and round (one sort of uniform draws).
+    order_key = jax.random.fold_in(jax.random.fold_in(state.key, state.round), 1)
+    perms = jnp.argsort(jax.random.uniform(order_key, (self.clients_per_round, steps)), axis=1)
     reorder = jax.vmap(lambda a, p: a[p])
     x, y, mask = reorder(sel.x, perms), reorder(sel.y, perms), reorder(sel.mask, perms)
     if self.stateful:
@@ -200,7 +199,7 @@ class FedAlgorithm:
     shared = optax.apply_updates(state.shared, updates)
     personal = pz.scatter(state.personal, idx, new_v) if self.stateful else state.personal
     metrics = {k: jnp.sum(weights * v) / total for k, v in losses.items() if k.startswith("loss")}
-    metrics["delta_norm"] = optax.global_norm(pseudo_grad)
+    metrics["delta_norm"] = optax.tree.norm(pseudo_grad)
     return FedState(shared, server_opt, personal, state.frozen, state.round + 1,
                     state.key), metrics
 
@@ -234,6 +233,24 @@ class FedAlgorithm:
     new_v = jax.tree.map(lambda *a: jnp.stack(a), *new_vs)
     losses = jax.tree.map(lambda *a: jnp.stack(a), *losses)
     return self._finish_jit(state, idx, acc, new_v, losses, weights)
+
+  def step_fn(self, data: sim.ClientData) -> Callable[[FedState, int, int], tuple[FedState, dict]]:
+    """A `common.loop.train` step function: ``n`` rounds from absolute round ``step``.
+
+    Rounds are pure functions of ``(state, data)`` (sampling and batch order
+    come from ``(key, round)``), so a resumed run repeats an uninterrupted one.
+    """
+    data = sim.ClientData(*(jnp.asarray(a) for a in data))
+
+    def run(state: FedState, step: int, n: int):
+      if int(state.round) != step:
+        raise ValueError(f"state is at round {int(state.round)}, the loop asked for {step}.")
+      history = []
+      for _ in range(n):
+        state, metrics = self.round(state, data)
+        history.append(metrics)
+      return state, jax.tree.map(lambda *a: jnp.mean(jnp.stack(a)), *history)
+    return run
 
   # -- personalization and evaluation ---------------------------------------
 

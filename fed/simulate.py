@@ -177,6 +177,7 @@ def local_train(loss_fn: LossFn, merge: MergeFn, phases: Sequence[Phase], u, v, 
     ``(u, v, metrics)``: the client's final blocks, and per phase ``k``
     ``loss_k`` (mean loss over the phase's real steps) and ``steps_k``.
   """
+  x, y, mask = jax.tree.map(jnp.asarray, (x, y, mask))
   num = mask.shape[0]
   metrics = {}
   for k, phase in enumerate(phases):
@@ -253,7 +254,7 @@ def map_clients(fn: Callable[[Any, Any], tuple[Any, Any]], broadcast: Any, clien
   if mesh is not None:
     rows = PartitionSpec(mesh_lib.CLIENTS)
     local = jax.shard_map(local, mesh=mesh, in_specs=(PartitionSpec(), rows, rows),
-                          out_specs=(PartitionSpec(), rows))
+                          out_specs=(PartitionSpec(), rows), check_vma=False)
   acc, kept = local(broadcast, clients, weights)
   return acc, jax.tree.map(lambda a: a[:count], kept)
 
