@@ -155,8 +155,10 @@ def test_inject_hyperparams_and_schedule():
     lambda: cm.complex_momentum(0.1, 0.9, PI8, complex_buffer=True),
     lambda: optax.inject_hyperparams(cm.complex_momentum)(0.1, 0.9, PI8),
     lambda: cm.complex_adam(0.1),
+    lambda: cm.complex_adam(0.1, complex_buffer=True),
     lambda: optax.inject_hyperparams(cm.complex_adam)(0.1),
-], ids=["cm", "cm_complex", "cm_injected", "cadam", "cadam_injected"])
+], ids=["cm", "cm_complex", "cm_injected", "cadam", "cadam_complex",
+     "cadam_injected"])
 def test_dtype_preserved_and_state_stable(request, dtype, make):
   if "cadam_injected-bfloat16" in request.node.name:
     pytest.skip("inject_hyperparams casts b2=0.999 to bfloat16 1.0; optax.adam "
@@ -212,6 +214,17 @@ def test_complex_adam_angle_zero_is_adam_exactly(b1):
   ours, _ = _run(cm.complex_adam(0.01, b1, 0.0), grads)
   ref, _ = _run(optax.adam(0.01, b1=b1), grads)
   _assert_equal(ours, ref)
+
+
+def test_complex_adam_complex_buffer_matches_two_buffers():
+  grads = _grads(30, seed=3)
+  two, _ = _run(cm.complex_adam(0.01, 0.8, PI8), grads)
+  one, state = _run(cm.complex_adam(0.01, 0.8, PI8, complex_buffer=True), grads)
+  _assert_close(two, one, rtol=1e-4, atol=1e-7)
+  assert state[0].mu["w"].dtype == jnp.complex64
+  at_zero, _ = _run(cm.complex_adam(0.01, 0.8, 0.0, complex_buffer=True), grads)
+  ref, _ = _run(optax.adam(0.01, b1=0.8), grads)
+  _assert_close(at_zero, ref, rtol=1e-6, atol=1e-9)
 
 
 def test_complex_adam_angle_zero_injected_is_adam_exactly():

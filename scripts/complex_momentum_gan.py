@@ -1,0 +1,132 @@
+"""Mixture-of-Gaussians GAN for the complex-momentum experiments (helper module).
+
+Used by ``scripts/complex_momentum.py``; not a script of its own. Every run
+(optimizer x seed) is one slice of a stacked state, trained together under
+``jax.vmap``; the optimizers differ only in Adam's first-moment decay
+``beta1 = magnitude * exp(i angle)`` (complex Adam with angle 0 is
+``optax.adam`` exactly), so they share one compiled program.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+
+from optim import games
+from optim.complex_momentum import complex_adam
+
+NUM_MODES = 8
+RADIUS = 2.0
+MODE_STD = 0.02
+
+
+def mode_centers() -> jax.Array:
+  angles = 2 * jnp.pi * jnp.arange(NUM_MODES) / NUM_MODES
+  return RADIUS * jnp.stack([jnp.cos(angles), jnp.sin(angles)], -1)
+
+
+def real_batch(key: jax.Array, n: int) -> jax.Array:
+  """``n`` samples of the 8-Gaussian ring (radius 2, std 0.02)."""
+  k_mode, k_noise = jax.random.split(key)
+  idx = jax.random.randint(k_mode, (n,), 0, NUM_MODES)
+  return mode_centers()[idx] + MODE_STD * jax.random.normal(k_noise, (n, 2))
+
+
+def mlp_init(key: jax.Array, sizes: Sequence[int]) -> list[dict[str, jax.Array]]:
+  keys = jax.random.split(key, len(sizes) - 1)
+  return [{"w": jax.random.normal(k, (a, b)) / math.sqrt(a), "b": jnp.zeros(b)}
+          for k, a, b in zip(keys, sizes[:-1], sizes[1:])]
+
+
+def mlp(params, x: jax.Array) -> jax.Array:
+  for layer in params[:-1]:
+    x = jax.nn.relu(x @ layer["w"] + layer["b"])
+  return x @ params[-1]["w"] + params[-1]["b"]
+
+
+def _d_loss(players, batch):
+  gen, disc = players
+  real, z = batch
+  return (jnp.mean(jax.nn.softplus(-mlp(disc, real)))
+          + jnp.mean(jax.nn.softplus(mlp(disc, mlp(gen, z)))))
+
+
+def _g_loss(players, batch):  # non-saturating generator loss
+  gen, disc = players
+  _, z = batch
+  return jnp.mean(jax.nn.softplus(-mlp(disc, mlp(gen, z))))
+
+
+GAME = games.Game((_g_loss, _d_loss))
+
+
+def score(gen, key: jax.Array, num_samples: int, min_fraction: float):
+  """Modes covered and fraction of high-quality samples.
+
+  A sample is high quality when it lies within 3 standard deviations (0.06)
+  of its nearest mode; a mode is covered when at least ``min_fraction`` of all
+  samples are high-quality samples of that mode.
+  """
+  z = jax.random.normal(key, (num_samples, gen[0]["w"].shape[0]))
+  x = mlp(gen, z)
+  dist = jnp.linalg.norm(x[:, None, :] - mode_centers()[None], axis=-1)
+  hq = jnp.min(dist, -1) < 3 * MODE_STD
+  counts = jnp.sum(jax.nn.one_hot(jnp.argmin(dist, -1), NUM_MODES) * hq[:, None], 0)
+  return jnp.sum(counts >= min_fraction * num_samples), jnp.mean(hq)
+
+
+class GanSetup:
+  """Builds the stacked state and the jitted n-step function of all runs."""
+
+  def __init__(self, *, z_dim: int, hidden: int, batch_size: int, lr_g: float,
+               lr_d: float, b2: float, magnitudes: Sequence[float],
+               angles: Sequence[float], seeds: Sequence[int]):
+    self.z_dim, self.hidden, self.batch_size = z_dim, hidden, batch_size
+    self.lr_g, self.lr_d, self.b2 = lr_g, lr_d, b2
+    grid = [(m, a, s) for m, a in zip(magnitudes, angles) for s in seeds]
+    self.magnitude = jnp.array([g[0] for g in grid], jnp.float32)
+    self.angle = jnp.array([g[1] for g in grid], jnp.float32)
+    self.seed = jnp.array([g[2] for g in grid], jnp.int32)
+    self.num_methods, self.num_seeds = len(magnitudes), len(seeds)
+
+  def _txs(self, magnitude, angle):
+    return (complex_adam(self.lr_g, magnitude, angle, self.b2),
+            complex_adam(self.lr_d, magnitude, angle, self.b2))
+
+  def _init_one(self, magnitude, angle, seed):
+    k_gen, k_disc = jax.random.split(jax.random.key(seed))
+    h = self.hidden
+    players = (mlp_init(k_gen, [self.z_dim, h, h, 2]), mlp_init(k_disc, [2, h, h, 1]))
+    return games.init_play(GAME, self._txs(magnitude, angle), players)
+
+  def init(self):
+    return jax.vmap(self._init_one)(self.magnitude, self.angle, self.seed)
+
+  def _run_one(self, state, magnitude, angle, seed, start, n):
+    # The discriminator moves first, then the generator sees the new one.
+    step = games.make_step(GAME, self._txs(magnitude, angle), "alternating",
+                           order=(1, 0))
+    data_key = jax.random.fold_in(jax.random.key(seed), 1)
+
+    def body(s, t):
+      k_real, k_z = jax.random.split(jax.random.fold_in(data_key, t))
+      batch = (real_batch(k_real, self.batch_size),
+               jax.random.normal(k_z, (self.batch_size, self.z_dim)))
+      return step(s, batch), None
+
+    return jax.lax.scan(body, state, start + jnp.arange(n))[0]
+
+  def steps(self, state, start: int, n: int):
+    fn = jax.vmap(self._run_one, (0, 0, 0, 0, None, None))
+    return fn(state, self.magnitude, self.angle, self.seed, start, n)
+
+  def scores(self, state, num_samples: int, min_fraction: float):
+    """``(modes, hq)``, each ``[num_methods, num_seeds]``."""
+    key = jax.random.key(12345)
+    modes, hq = jax.vmap(lambda g: score(g, key, num_samples, min_fraction))(
+        state.players[0])
+    shape = (self.num_methods, self.num_seeds)
+    return modes.reshape(shape), hq.reshape(shape)
