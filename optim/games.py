@@ -212,18 +212,27 @@ def play(step: Callable[..., PlayState], state: PlayState, num_steps: int,
     state: the initial state.
     num_steps: number of rounds.
     record: maps each new state to what is stacked along the steps (default:
-      the global L2 norm of all players' parameters).
+      the global L2 norm of all players' parameters, computed with scaling so
+      that it neither underflows nor overflows before the values do).
 
   Returns:
     ``(final_state, records)`` with records stacked over ``num_steps``.
   """
-  record = record or (lambda s: optax.tree.norm(s.players))
+  record = record or (lambda s: _scaled_norm(s.players))
 
   def body(s, _):
     s = step(s)
     return s, record(s)
 
   return jax.lax.scan(body, state, None, length=num_steps)
+
+
+def _scaled_norm(tree) -> jax.Array:
+  """Global L2 norm as ``m * |x / m|`` with ``m = max |x|``."""
+  leaves = [jnp.ravel(x) for x in jax.tree.leaves(tree)]
+  m = jnp.max(jnp.stack([jnp.max(jnp.abs(x)) for x in leaves]))
+  safe = jnp.where(m > 0, m, 1.0)
+  return m * jnp.sqrt(sum(jnp.sum(jnp.abs(x / safe) ** 2) for x in leaves))
 
 
 def _is_variable(path, leaf) -> bool:

@@ -160,7 +160,8 @@ def bilinear_curves(cfg: Config, run) -> dict:
       norms = np.asarray(norms)
       rho = float(_rho_fn(mode)(*[jnp.array([v]) for v in (cfg.alpha, mag, ang)])[0])
       half = cfg.curve_steps // 2
-      rate = math.exp((math.log(norms[-1]) - math.log(norms[half - 1])) / (cfg.curve_steps - half))
+      logs = np.log(np.maximum(norms, np.finfo(np.float32).tiny))
+      rate = math.exp((logs[-1] - logs[half - 1]) / (cfg.curve_steps - half))
       out[f"{mode}/{name}"] = {"final_norm": float(norms[-1]), "spectral_radius": rho,
                                "empirical_rate": rate}
       series[f"{name} (rho={rho:.4f})"] = (np.arange(1, cfg.curve_steps + 1), norms)

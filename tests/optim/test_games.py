@@ -138,6 +138,16 @@ def test_iterates_shrink_at_predicted_rate():
     assert float(n[-1]) > math.sqrt(2)
 
 
+def test_play_records_norms_without_underflow():
+  game = games.bilinear_game(1.0)
+  tx = optax.sgd(0.1)
+  tiny = (jnp.array(3e-25), jnp.array(4e-25))
+  state, norms = games.play(games.make_step(game, tx), games.init_play(game, tx, tiny), 1)
+  expected = math.hypot(*(float(p) for p in state.players))
+  np.testing.assert_allclose(float(norms[0]), expected, rtol=1e-6)
+  assert expected > 0
+
+
 def test_empirical_growth_matches_spectral_radius_on_matrix_game():
   a = jax.random.normal(jax.random.key(3), (3, 3))
   game = games.bilinear_game(a)
