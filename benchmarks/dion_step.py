@@ -1,0 +1,100 @@
+"""Optimizer step time: Dion at several ranks against ``optax.contrib.muon``.
+
+One optimizer step (``tx.update`` + ``optax.apply_updates``, jitted, params
+and state donated) on 12 float32 matrices of Flax shape (1024, 4096), i.e.
+torch (out, in) = (4096, 1024), the setting of the Dion spec (section c.0).
+Variants are timed side by side in one process: every round times each
+variant once after a warm-up call, the ratio to Muon is taken within the round,
+and the table reports medians over rounds. Dion uses its defaults (RCQR,
+one power iteration); Muon uses optax's defaults (5 Newton-Schulz steps).
+The LAPACK calls (Cholesky, QR) go to scipy's OpenBLAS, whose spinning worker
+threads made a 512x512 Cholesky ~50x slower on the shared 2-core machine, so
+BLAS is limited to one thread here (XLA's own thread pool is untouched).
+
+Standalone: ``python benchmarks/dion_step.py [--shape 4096,16384 --count 12 --rounds 3]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import jax
+import optax
+import scipy.linalg  # noqa: F401  (loads the OpenBLAS that jax's LAPACK calls use)
+from threadpoolctl import threadpool_limits
+
+from optim import dion as D
+
+try:
+  from benchmarks.common_timing import machine
+except ImportError:  # run as a plain script
+  from common_timing import machine
+
+SHAPE = (1024, 4096)
+COUNT = 12
+ROUNDS = 3
+
+VARIANTS = {
+    "optax.contrib.muon": lambda: optax.contrib.muon(0.02),
+    "dion rank 1": lambda: D.dion(0.01, 1.0),
+    "dion rank 1/4": lambda: D.dion(0.01, 0.25),
+    "dion rank 1/16": lambda: D.dion(0.01, 1 / 16),
+}
+BASELINE = "optax.contrib.muon"
+
+
+def _step_fn(tx):
+  def step(params, state, grads):
+    updates, state = tx.update(grads, state, params)
+    return optax.apply_updates(params, updates), state
+  return jax.jit(step, donate_argnums=(0, 1))
+
+
+def _timed(step, params, state, grads):
+  t0 = time.perf_counter()
+  params, state = step(params, state, grads)
+  jax.block_until_ready((params, state))
+  return time.perf_counter() - t0, params, state
+
+
+def run(shape: tuple[int, int] = SHAPE, count: int = COUNT, rounds: int = ROUNDS) -> dict:
+  """Times every variant; returns the benchmark dict (title, rows, notes)."""
+  threadpool_limits(1, user_api="blas")
+  key = jax.random.key(0)
+  make = lambda k: {f"w{i}": 0.02 * jax.random.normal(jax.random.fold_in(k, i), shape)
+                    for i in range(count)}
+  grads = make(jax.random.fold_in(key, 1))
+  runs = {}
+  for name, factory in VARIANTS.items():
+    tx = factory()
+    params = make(key)
+    state = tx.init(params)
+    step = _step_fn(tx)
+    _, params, state = _timed(step, params, state, grads)  # compile + warm-up
+    runs[name] = [step, params, state]
+  times = {name: [] for name in VARIANTS}
+  for _ in range(rounds):
+    for name, entry in runs.items():
+      seconds, entry[1], entry[2] = _timed(entry[0], entry[1], entry[2], grads)
+      times[name].append(seconds)
+  ratios = {name: statistics.median(t / b for t, b in zip(times[name], times[BASELINE]))
+            for name in VARIANTS}
+  rows = [{"optimizer": name, "ms per step (median)": round(1e3 * statistics.median(times[name])),
+           f"ratio to {BASELINE}": round(ratios[name], 3)} for name in VARIANTS]
+  notes = (f"{count} matrices of Flax shape {shape} (float32), median of {rounds} rounds, "
+           f"ratio taken within each round. Machine: {machine()}. Acceptance: Dion rank 1/4 "
+           "<= 0.3x Muon, full rank <= 1.0x.")
+  return {"title": f"Dion vs Muon optimizer step, {count} x {shape[0]}x{shape[1]}", "rows": rows,
+          "notes": notes}
+
+
+if __name__ == "__main__":
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--shape", default="1024,4096", help="Flax (fan_in, fan_out)")
+  parser.add_argument("--count", type=int, default=COUNT)
+  parser.add_argument("--rounds", type=int, default=ROUNDS)
+  args = parser.parse_args()
+  from run import render  # pylint: disable=g-import-not-at-top
+  print(render(run(tuple(int(s) for s in args.shape.split(",")), args.count, args.rounds)))
