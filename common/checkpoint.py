@@ -130,3 +130,59 @@ class Checkpointer:
 
   def __exit__(self, *exc) -> None:
     self.close()
+
+
+# ---------------------------------------------------------------------------
+# Free-form states (event queues, variable-length buffers)
+
+
+def save_flat(directory: str | pathlib.Path, step: int, arrays: dict[str, Any], meta: dict[str, Any],
+              *, max_to_keep: int = 2) -> pathlib.Path:
+  """Saves a flat ``{name: array}`` dict plus JSON metadata as ``step_<step>.npz``.
+
+  For states whose structure changes as they run (a simulator's event queue,
+  variable-length buffers), which a fixed-template orbax restore cannot
+  describe. The write is atomic (temporary file + rename); older files beyond
+  ``max_to_keep`` are removed.
+  """
+  import json  # pylint: disable=g-import-not-at-top
+  directory = pathlib.Path(directory)
+  directory.mkdir(parents=True, exist_ok=True)
+  path = directory / f"step_{int(step)}.npz"
+  tmp = directory / f".tmp_step_{int(step)}.npz"
+  payload = {k: np.asarray(v) for k, v in arrays.items()}
+  payload["__meta__"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
+  with open(tmp, "wb") as f:
+    np.savez(f, **payload)
+  tmp.replace(path)
+  for old in flat_steps(directory)[:-max_to_keep]:
+    (directory / f"step_{old}.npz").unlink(missing_ok=True)
+  return path
+
+
+def flat_steps(directory: str | pathlib.Path) -> list[int]:
+  directory = pathlib.Path(directory)
+  if not directory.is_dir():
+    return []
+  return sorted(int(p.stem.split("_", 1)[1]) for p in directory.glob("step_*.npz"))
+
+
+def load_flat(directory: str | pathlib.Path) -> tuple[int, dict[str, np.ndarray], dict[str, Any]] | None:
+  """The newest `save_flat` checkpoint as ``(step, arrays, meta)``, or None.
+
+  Raises:
+    CheckpointError: the newest file cannot be read.
+  """
+  import json  # pylint: disable=g-import-not-at-top
+  steps = flat_steps(directory)
+  if not steps:
+    return None
+  path = pathlib.Path(directory) / f"step_{steps[-1]}.npz"
+  try:
+    with np.load(path) as z:
+      arrays = {k: z[k] for k in z.files if k != "__meta__"}
+      meta = json.loads(bytes(z["__meta__"]).decode())
+  except Exception as e:  # zip, pickle and JSON errors alike
+    raise CheckpointError(f"Could not read checkpoint {path}: {type(e).__name__}: {e}. Delete it to "
+                          "resume from the previous one, or start over with --fresh.") from e
+  return steps[-1], arrays, meta

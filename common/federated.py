@@ -84,6 +84,33 @@ def dirichlet_partition(labels: np.ndarray, num_clients: int, alpha: float, seed
       f"examples in {max_tries} tries; raise alpha or lower num_clients / min_size.")
 
 
+def dirichlet_sample_clients(labels: np.ndarray, num_clients: int, alpha: float, per_client: int,
+                             seed: int) -> list[np.ndarray]:
+  """Each client draws class proportions ``p ~ Dir(alpha)`` and ``per_client`` examples from them.
+
+  Unlike `dirichlet_partition`, clients may share examples (each class's
+  examples are drawn with replacement across clients, without replacement
+  within a client while the class lasts). This is the FedAST-style setup for a
+  pool of many clients with a fixed amount of data each, larger than the
+  dataset allows for disjoint shares (e.g. 1000 clients x 300 examples on
+  MNIST-5k).
+  """
+  labels = np.asarray(labels)
+  if num_clients < 1 or per_client < 1:
+    raise ValueError(f"num_clients and per_client must be >= 1, got {num_clients}, {per_client}.")
+  if not alpha > 0:
+    raise ValueError(f"alpha must be > 0, got {alpha}.")
+  rng = np.random.default_rng(seed)
+  classes = np.unique(labels)
+  by_class = [np.flatnonzero(labels == c) for c in classes]
+  out = []
+  for _ in range(num_clients):
+    counts = rng.multinomial(per_client, rng.dirichlet(np.full(len(classes), alpha)))
+    picks = [rng.choice(idx, size=n, replace=n > len(idx)) for idx, n in zip(by_class, counts) if n]
+    out.append(np.sort(np.concatenate(picks)))
+  return out
+
+
 def natural_partition(keys: Sequence[Hashable]) -> tuple[list[Hashable], list[np.ndarray]]:
   """Groups example indices by key, in first-seen key order.
 

@@ -96,9 +96,12 @@ class Task:
   shift: float = 0.5
 
 
-def _bucket(n: int) -> int:
-  """Pads batch sizes to a few shapes (powers of two) so jit compiles rarely."""
-  return 1 << max(0, (n - 1).bit_length())
+def _chunks(n: int, big: int = 64, small: int = 8) -> list[int]:
+  """Splits ``n`` jobs into chunk sizes from {big, small}, so jit compiles two shapes only."""
+  sizes = [big] * (n // big)
+  rest = n - big * len(sizes)
+  sizes += [small] * (-(-rest // small))
+  return sizes
 
 
 class JobTrainer:
@@ -111,10 +114,10 @@ class JobTrainer:
 
   def __init__(self, task: Task):
     self.task = task
-    x, y = jnp.asarray(task.x), jnp.asarray(task.y)
+    self._x, self._y = jnp.asarray(task.x), jnp.asarray(task.y)
     loss_fn, lr = task.loss_fn, task.local_lr
 
-    def one_job(params, client):
+    def one_job(params, client, x, y):
       def step(p, batch):
         xb, yb = batch
         grads = jax.grad(lambda q: jnp.mean(loss_fn(q, xb, yb)))(p)
@@ -122,20 +125,25 @@ class JobTrainer:
       local, _ = jax.lax.scan(step, params, (x[client], y[client]))
       return jax.tree.map(jnp.subtract, local, params)
 
-    self._batched = jax.jit(jax.vmap(one_job))
+    self._batched = jax.jit(jax.vmap(one_job, in_axes=(0, 0, None, None)))
     self._single = jax.jit(one_job)
 
   def batched(self, params_list: Sequence[Any], clients: Sequence[int]) -> list[Any]:
     n = len(clients)
-    size = _bucket(n)
-    idx = list(range(n)) + [0] * (size - n)
-    stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves), *[params_list[i] for i in idx])
-    deltas = self._batched(stacked, jnp.asarray([clients[i] for i in idx], jnp.int32))
-    deltas = jax.device_get(deltas)
-    return [jax.tree.map(lambda d, j=j: d[j], deltas) for j in range(n)]
+    out: list[Any] = []
+    offset = 0
+    for size in _chunks(n):
+      idx = [min(i, n - 1) for i in range(offset, offset + size)]  # pad with the last job
+      stacked = jax.tree.map(lambda *leaves: np.stack(leaves), *[params_list[i] for i in idx])
+      deltas = jax.device_get(self._batched(stacked, np.asarray([clients[i] for i in idx], np.int32),
+                                                 self._x, self._y))
+      take = min(size, n - offset)
+      out += [jax.tree.map(lambda d, j=j: d[j], deltas) for j in range(take)]
+      offset += size
+    return out
 
   def single(self, params: Any, client: int) -> Any:
-    return jax.device_get(self._single(params, jnp.int32(client)))
+    return jax.device_get(self._single(params, np.int32(client), self._x, self._y))
 
 
 # ---------------------------------------------------------------------------
@@ -298,8 +306,9 @@ class Simulation:
     self.received = 0
     self.since_realloc = 0
     self.round = 0
-    self.trace: dict[str, list] = {"eval": [], "staleness": [[] for _ in range(m)], "alloc": [],
-                                   "jobs_done": 0}
+    # eval: [time, task, version, accuracy]; deliveries: [time, task, client, start version]
+    self.trace: dict[str, Any] = {"eval": [], "staleness": [[] for _ in range(m)], "alloc": [],
+                                  "deliveries": [], "jobs_done": 0}
     self.computed_batches = 0
     self._record_alloc()
     for i in range(m):
@@ -435,6 +444,7 @@ class Simulation:
     delta = self.results[task].pop(seq)
     staleness = self.version[task] - start_version
     self.trace["staleness"][task].append(staleness)
+    self.trace["deliveries"].append([finish, task, client, start_version])
     self.trace["jobs_done"] += 1
     self.received += 1
     self.since_realloc += 1

@@ -31,10 +31,10 @@ def _make_eval(apply, x_test, y_test):
   x_test, y_test = jnp.asarray(x_test), jnp.asarray(y_test)
 
   @jax.jit
-  def acc(params):
-    return jnp.mean(jnp.argmax(apply(params, x_test), -1) == y_test)
+  def acc(params, x, y):
+    return jnp.mean(jnp.argmax(apply(params, x), -1) == y)
 
-  return lambda params: float(acc(params))
+  return lambda params: float(acc(params, x_test, y_test))
 
 
 def _apply_fn(graphdef):

@@ -61,3 +61,17 @@ def test_structure_mismatch_gives_clear_error(tmp_path):
   ck.save(1, {"w": jnp.ones((2, 2))})
   with pytest.raises(checkpoint.CheckpointError, match="Could not restore checkpoint 1"):
     ck.restore({"w": jnp.ones((3, 3)), "extra": jnp.zeros(1)})
+
+
+def test_flat_checkpoints_round_trip_and_keep_last(tmp_path):
+  assert checkpoint.load_flat(tmp_path / "none") is None
+  for step in (1, 2, 3):
+    checkpoint.save_flat(tmp_path, step, {"a": np.arange(step), "empty": np.zeros((0, 2))},
+                         {"clock": 1.5 * step, "big": 2 ** 70, "heap": [[1.0, 2, 3]]}, max_to_keep=2)
+  assert checkpoint.flat_steps(tmp_path) == [2, 3]
+  step, arrays, meta = checkpoint.load_flat(tmp_path)
+  assert step == 3 and arrays["a"].tolist() == [0, 1, 2] and arrays["empty"].shape == (0, 2)
+  assert meta == {"clock": 4.5, "big": 2 ** 70, "heap": [[1.0, 2, 3]]}
+  (tmp_path / "step_3.npz").write_bytes(b"broken")
+  with pytest.raises(checkpoint.CheckpointError, match="step_3.npz"):
+    checkpoint.load_flat(tmp_path)

@@ -101,3 +101,14 @@ def test_pack_clients_fixed_steps_cycles_small_clients():
   assert sorted(packed.y[0].ravel().tolist())[:5] == [0, 1, 2, 3, 4]
   with pytest.raises(ValueError, match="no examples"):
     fl.pack_clients(x, y, [np.arange(7), np.array([], int)], batch_size=2)
+
+
+def test_dirichlet_sample_clients():
+  labels = np.repeat(np.arange(10), 50)
+  parts = fl.dirichlet_sample_clients(labels, 200, 0.1, per_client=30, seed=0)
+  assert len(parts) == 200 and all(len(p) == 30 for p in parts)
+  assert np.mean([len(np.unique(labels[p])) for p in parts]) < 3  # skewed
+  again = fl.dirichlet_sample_clients(labels, 200, 0.1, per_client=30, seed=0)
+  assert all(np.array_equal(a, b) for a, b in zip(parts, again))
+  with pytest.raises(ValueError, match="alpha"):
+    fl.dirichlet_sample_clients(labels, 2, -1.0, per_client=3, seed=0)
