@@ -1,0 +1,223 @@
+"""Multi-scale transformer autoencoder over encoded MLPs, trained by a functional loss.
+
+The encoder reads the 7 rows of an encoded MLP (``[7, 56, 2]``, see
+`nas.encoding`) as 7 tokens and returns a latent ``z`` of shape ``[7, d]``.
+There is one decoder per depth ``L = 1..4``; decoder ``L`` maps ``z`` to
+``[7, 56]`` numbers parsed with the depth-``L`` layout (weights, biases,
+activation logits, mask logits). The loss is functional: each decoded MLP is
+run on the teacher's input points and the best decoder counts,
+
+.. math::
+
+  \\mathcal{L} = \\frac{1}{B} \\sum_b \\min_{L} \\frac{1}{P} \\sum_p
+  \\big(\\hat f_{L}(D_L(E(x_b)))(u_p) - f_b(u_p)\\big)^2 .
+
+There is no weight-reconstruction term. The paper uses GPT-2 stacks; here each
+stack is a small pre-LN, bias-free Flax NNX transformer (no pretrained weights
+are needed by the method).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from nas import encoding
+
+
+@dataclasses.dataclass(frozen=True)
+class AEConfig:
+  """Sizes of the autoencoder."""
+
+  d_model: int = 64  # token width (GPT-2 small: 768)
+  num_heads: int = 4
+  enc_layers: int = 1  # transformer blocks in the encoder
+  dec_layers: int = 1  # transformer blocks in each of the 4 decoders
+  mlp_ratio: int = 4
+
+  def validate(self) -> None:
+    if self.d_model < 1 or self.num_heads < 1 or self.d_model % self.num_heads:
+      raise ValueError(f"d_model ({self.d_model}) must be a positive multiple of num_heads ({self.num_heads}).")
+    if self.enc_layers < 1 or self.dec_layers < 1 or self.mlp_ratio < 1:
+      raise ValueError(f"enc_layers, dec_layers and mlp_ratio must be >= 1, got "
+                       f"{self.enc_layers}, {self.dec_layers}, {self.mlp_ratio}.")
+
+
+class Block(nnx.Module):
+  """Pre-LN transformer block without biases: self-attention, then a GELU MLP."""
+
+  def __init__(self, d: int, num_heads: int, mlp_ratio: int, *, rngs: nnx.Rngs):
+    self.num_heads = num_heads
+    self.ln1 = nnx.LayerNorm(d, use_bias=False, rngs=rngs)
+    self.qkv = nnx.Linear(d, 3 * d, use_bias=False, rngs=rngs)
+    self.proj = nnx.Linear(d, d, use_bias=False, rngs=rngs)
+    self.ln2 = nnx.LayerNorm(d, use_bias=False, rngs=rngs)
+    self.fc1 = nnx.Linear(d, mlp_ratio * d, use_bias=False, rngs=rngs)
+    self.fc2 = nnx.Linear(mlp_ratio * d, d, use_bias=False, rngs=rngs)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    *lead, n, d = x.shape
+    hd = d // self.num_heads
+    q, k, v = jnp.split(self.qkv(self.ln1(x)), 3, axis=-1)
+    q, k, v = (t.reshape(*lead, n, self.num_heads, hd) for t in (q, k, v))
+    att = jax.nn.softmax(jnp.einsum("...qhc,...khc->...hqk", q, k) / jnp.sqrt(hd), axis=-1)
+    x = x + self.proj(jnp.einsum("...hqk,...khc->...qhc", att, v).reshape(*lead, n, d))
+    return x + self.fc2(jax.nn.gelu(self.fc1(self.ln2(x))))
+
+
+class Stack(nnx.Module):
+  """Transformer blocks followed by a final LayerNorm."""
+
+  def __init__(self, cfg: AEConfig, num_layers: int, *, rngs: nnx.Rngs):
+    self.blocks = nnx.List([Block(cfg.d_model, cfg.num_heads, cfg.mlp_ratio, rngs=rngs)
+                            for _ in range(num_layers)])
+    self.ln = nnx.LayerNorm(cfg.d_model, use_bias=False, rngs=rngs)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    for block in self.blocks:
+      x = block(x)
+    return self.ln(x)
+
+
+class Decoder(nnx.Module):
+  """Latent ``[..., 7, d]`` -> raw ``[..., 7, 56]`` numbers of one depth."""
+
+  def __init__(self, cfg: AEConfig, *, rngs: nnx.Rngs):
+    self.stack = Stack(cfg, cfg.dec_layers, rngs=rngs)
+    self.head = nnx.Linear(cfg.d_model, encoding.WIDTH, rngs=rngs)
+
+  def __call__(self, z: jax.Array) -> jax.Array:
+    return self.head(self.stack(z))
+
+
+class Autoencoder(nnx.Module):
+  """Row-token encoder and one decoder per depth."""
+
+  def __init__(self, cfg: AEConfig, *, rngs: nnx.Rngs):
+    cfg.validate()
+    self.cfg = cfg
+    self.embed = nnx.Linear(2 * encoding.WIDTH, cfg.d_model, use_bias=False, rngs=rngs)
+    self.pos = nnx.Param(0.02 * jax.random.normal(rngs.params(), (encoding.H, cfg.d_model)))
+    self.encoder = Stack(cfg, cfg.enc_layers, rngs=rngs)
+    self.decoders = nnx.List([Decoder(cfg, rngs=rngs) for _ in range(encoding.MAX_DEPTH)])
+
+  def encode(self, tensors: jax.Array) -> jax.Array:
+    """``[..., 7, 56, 2]`` -> latent ``[..., 7, d]``."""
+    rows = tensors.reshape(*tensors.shape[:-2], 2 * encoding.WIDTH)
+    return self.encoder(self.embed(rows) + self.pos[...])
+
+  def decode(self, z: jax.Array, depth: int) -> jax.Array:
+    """Latent -> raw ``[..., 7, 56]`` output of the depth-``depth`` decoder."""
+    return self.decoders[depth - 1](z)
+
+
+def soft_net(raw: jax.Array, depth: int, temperature: jax.Array | float = 1.0) -> encoding.Net:
+  """Decoder numbers -> soft `Net`: softmax(logits / T) activations, sigmoid masks."""
+  net = encoding.parse(raw, depth)
+  return net._replace(act=jax.nn.softmax(net.act / temperature, axis=-1),
+                      mask=jax.nn.sigmoid(net.mask))
+
+
+def decoder_losses(model: Autoencoder, z: jax.Array, x: jax.Array, y: jax.Array,
+                   normalize: bool = False) -> jax.Array:
+  """Output MSE ``[4, B]`` of each depth's decoded MLP against teacher outputs ``y`` ``[B, P]``.
+
+  With ``normalize`` each teacher's MSE is divided by ``var(y_b) + 1`` (an
+  option not in the paper, to keep teachers with huge outputs from dominating).
+  """
+  losses = []
+  for depth in range(1, encoding.MAX_DEPTH + 1):
+    pred = encoding.batched_forward(soft_net(model.decode(z, depth), depth), x)
+    losses.append(jnp.mean((pred - y) ** 2, axis=-1))
+  losses = jnp.stack(losses)
+  if normalize:
+    losses = losses / (jnp.var(y, axis=-1) + 1.0)
+  return losses
+
+
+def functional_loss(losses: jax.Array) -> jax.Array:
+  """Mean over the batch of the min over decoders of ``losses`` ``[4, B]``."""
+  return jnp.mean(jnp.min(losses, axis=0))
+
+
+def init_state(model: Autoencoder, tx: optax.GradientTransformation) -> tuple[nnx.GraphDef, dict[str, Any]]:
+  """``(graphdef, {"params", "opt_state"})`` of a fresh model."""
+  graphdef, params = nnx.split(model)
+  params = nnx.to_pure_dict(params)
+  return graphdef, {"params": params, "opt_state": tx.init(params)}
+
+
+def bind(graphdef: nnx.GraphDef, params: Any) -> Autoencoder:
+  """The module with ``params`` (a pure dict from `init_state`)."""
+  return nnx.merge(graphdef, params)
+
+
+def make_step_fn(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, *, batch_size: int,
+                 num_points: int, seed: int,
+                 normalize: bool = False) -> Callable[[Any, int, int], tuple[Any, dict]]:
+  """A `common.loop.train` step function; teachers are drawn inside the jitted step.
+
+  The teacher batch of absolute step ``s`` comes from ``fold_in(key(seed), s)``,
+  so a resumed run sees the same batches.
+  """
+  base = jax.random.key(seed)
+
+  def one_step(state, step):
+    batch = encoding.sample_teachers(jax.random.fold_in(base, step), batch_size, num_points)
+
+    def loss_fn(params):
+      model = bind(graphdef, params)
+      losses = decoder_losses(model, model.encode(batch.tensors), batch.x, batch.y, normalize)
+      return functional_loss(losses), losses
+
+    (loss, losses), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+    params = optax.apply_updates(state["params"], updates)
+    correct_depth = jnp.mean(jnp.argmin(losses, axis=0) + 1 == batch.depth)
+    return {"params": params, "opt_state": opt_state}, (loss, correct_depth)
+
+  @jax.jit
+  def chunk(state, steps):
+    state, (loss, correct) = jax.lax.scan(one_step, state, steps)
+    return state, {"loss": loss.mean(), "best_decoder_is_teacher_depth": correct.mean()}
+
+  def step_fn(state, step, count):
+    return chunk(state, jnp.arange(step, step + count))
+
+  return step_fn
+
+
+def make_eval_fn(graphdef: nnx.GraphDef, *, seed: int, nets_per_depth: int,
+                 num_points: int) -> Callable[[Any], dict[str, jax.Array]]:
+  """Functional loss on a fixed held-out set of random MLPs (every depth).
+
+  Returns ``params -> {"heldout_loss", "heldout_loss_median",
+  "heldout_loss_normalized", "heldout_loss_depth<L>"}`` (per-net min-over-decoder
+  MSE; normalized divides each by ``var(y) + 1``).
+  """
+  key = jax.random.key(seed)
+  batches = [encoding.sample_teachers(jax.random.fold_in(key, d), nets_per_depth, num_points, depth=d)
+             for d in range(1, encoding.MAX_DEPTH + 1)]
+
+  @jax.jit
+  def evaluate(params):
+    model = bind(graphdef, params)
+    out, raw, norm = {}, [], []
+    for d, batch in enumerate(batches, start=1):
+      losses = decoder_losses(model, model.encode(batch.tensors), batch.x, batch.y)
+      per_net = jnp.min(losses, axis=0)
+      out[f"heldout_loss_depth{d}"] = per_net.mean()
+      raw.append(per_net)
+      norm.append(per_net / (jnp.var(batch.y, axis=-1) + 1.0))
+    out["heldout_loss"] = jnp.concatenate(raw).mean()
+    out["heldout_loss_median"] = jnp.median(jnp.concatenate(raw))
+    out["heldout_loss_normalized"] = jnp.concatenate(norm).mean()
+    return out
+
+  return evaluate

@@ -1,0 +1,295 @@
+"""SWAT-NN: simultaneous weight and architecture search in a learned latent space.
+
+Trains the multi-scale transformer autoencoder on random teacher MLPs (functional
+loss, min over the four depth decoders), then, for every 2-D benchmark function,
+optimises a latent code at each depth with soft pruning, soft neuron masks and
+the sparsity / compactness penalties, keeps the depth whose hard-pruned model
+fits the training set best, and compares it with a dense 2-7-...-1 MLP of the
+same depth and with that MLP magnitude-pruned to the searched model's size.
+
+    python scripts/swat_nn.py --preset quick
+    python scripts/swat_nn.py --preset quick --functions booth himmelblau --search-steps 3000
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from common import config, loop, plots
+from nas import autoencoder as ae
+from nas import baselines, encoding, search
+from nas import functions as fns
+
+log = logging.getLogger("swat_nn")
+
+DEPTHS = tuple(range(1, encoding.MAX_DEPTH + 1))
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+  """SWAT-NN experiment."""
+
+  # Autoencoder (the paper: GPT-2 small stacks, Adam 1e-4, batch 64, 1000 points).
+  d_model: int = 32
+  num_heads: int = 2
+  enc_layers: int = 1
+  dec_layers: int = 1
+  mlp_ratio: int = 4
+  ae_steps: int = 1000
+  ae_batch: int = 32  # random teachers per step
+  ae_points: int = 128  # shared input points per step
+  ae_lr: float = 1e-3
+  ae_clip: float = 1.0  # global-norm gradient clipping (0: off)
+  normalize_loss: bool = True  # divide each teacher's MSE by var(y) + 1 (not in the paper)
+  heldout_nets: int = 64  # held-out random MLPs per depth for the functional-loss curve
+  # Latent search (the paper: 8001 steps, warm-up and annealing 3000).
+  functions: tuple[str, ...] = tuple(fns.FUNCTIONS)
+  n_train: int = 3750
+  n_test: int = 1250
+  search_steps: int = 1200
+  search_warmup: int = 500
+  anneal_steps: int = 500
+  lr_z: float = 0.1
+  lr_t: float = 1e-3
+  # Baselines.
+  dense_steps: int = 2000
+  dense_lr: float = 1e-2
+  dense_activation: str = "tanh"
+  finetune_steps: int = 500  # Adam steps after magnitude pruning (mask fixed)
+  seed: int = 0
+  log_every: int = 50
+  checkpoint_every: int = 500
+
+  def ae_config(self) -> ae.AEConfig:
+    return ae.AEConfig(self.d_model, self.num_heads, self.enc_layers, self.dec_layers, self.mlp_ratio)
+
+  def search_config(self) -> search.SearchConfig:
+    return search.SearchConfig(steps=self.search_steps, warmup=self.search_warmup,
+                               anneal_steps=self.anneal_steps, lr_z=self.lr_z, lr_t=self.lr_t,
+                               record_every=max(1, self.search_steps // 60))
+
+  def validate(self) -> None:
+    self.ae_config().validate()
+    self.search_config().validate()
+    unknown = sorted(set(self.functions) - set(fns.FUNCTIONS))
+    config.require(not unknown and self.functions,
+                   f"functions must be a non-empty subset of {sorted(fns.FUNCTIONS)}; unknown: {unknown}.")
+    for name in ("ae_steps", "ae_batch", "ae_points", "heldout_nets", "n_train", "n_test", "dense_steps"):
+      config.require(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}.")
+    config.require(self.finetune_steps >= 0, f"finetune_steps must be >= 0, got {self.finetune_steps}.")
+    for name in ("ae_lr", "dense_lr"):
+      config.require(getattr(self, name) > 0, f"{name} must be > 0, got {getattr(self, name)}.")
+    config.require(self.ae_clip >= 0, f"ae_clip must be >= 0, got {self.ae_clip}.")
+    config.require(self.dense_activation in encoding.ACTIVATIONS,
+                   f"dense_activation must be one of {encoding.ACTIVATIONS}, got {self.dense_activation!r}.")
+    config.require(self.log_every >= 1 and self.checkpoint_every % self.log_every == 0,
+                   "checkpoint_every must be a positive multiple of log_every.")
+
+
+PRESETS = {
+    "quick": Config(),
+    "full": Config(d_model=256, num_heads=8, enc_layers=4, dec_layers=4, ae_steps=200_000, ae_batch=64,
+                   ae_points=1000, ae_lr=1e-4, heldout_nets=256, search_steps=8001, search_warmup=3000,
+                   anneal_steps=3000, dense_steps=8000, finetune_steps=2000, log_every=500,
+                   checkpoint_every=5000),
+}
+
+
+def train_autoencoder(cfg: Config, run: config.Run):
+  """Trains (or resumes) the autoencoder; returns ``(graphdef, params, history)``."""
+  model = ae.Autoencoder(cfg.ae_config(), rngs=nnx.Rngs(cfg.seed))
+  tx = optax.adam(cfg.ae_lr)
+  if cfg.ae_clip > 0:
+    tx = optax.chain(optax.clip_by_global_norm(cfg.ae_clip), tx)
+  graphdef, state = ae.init_state(model, tx)
+  n_params = sum(x.size for x in jax.tree.leaves(state["params"]))
+  log.info("Autoencoder: %d parameters.", n_params)
+  step_fn = ae.make_step_fn(graphdef, tx, batch_size=cfg.ae_batch, num_points=cfg.ae_points,
+                            seed=cfg.seed, normalize=cfg.normalize_loss)
+  evaluate = ae.make_eval_fn(graphdef, seed=cfg.seed + 10_000, nets_per_depth=cfg.heldout_nets,
+                             num_points=cfg.ae_points)
+  initial = jax.device_get(evaluate(state["params"]))
+  state, history = loop.train(
+      state, step_fn=step_fn, num_steps=cfg.ae_steps, workdir=run.path("autoencoder"),
+      log_every=cfg.log_every, checkpoint_every=cfg.checkpoint_every,
+      eval_fn=lambda s, step: evaluate(s["params"]), eval_every=cfg.log_every * 4, desc="autoencoder")
+  history = [{"step": 0, **{k: float(v) for k, v in initial.items()}}] + list(history)
+  return graphdef, state["params"], history, n_params
+
+
+def latent_search(cfg: Config, graphdef, params, data: list[fns.Dataset]) -> dict[int, dict]:
+  """Runs the search for every function at every depth (vmapped over functions)."""
+  x = jnp.stack([d.x_train for d in data])
+  y = jnp.stack([d.y_train for d in data])
+  keys = jax.random.split(jax.random.key(cfg.seed + 1), len(data))
+  scfg = cfg.search_config()
+  out = {}
+  for depth in DEPTHS:
+    t0 = time.perf_counter()
+
+    def decode(z, depth=depth):
+      return ae.bind(graphdef, params).decode(z, depth)
+
+    run = jax.jit(jax.vmap(functools.partial(search.run_search, decode, depth,
+                                             latent_shape=(encoding.H, cfg.d_model), cfg=scfg)))
+    res = jax.device_get(run(x, y, keys))
+    raws = jax.vmap(decode)(res.params["z"])
+    nets = jax.vmap(lambda r, t: search.hard_net(r, depth, t))(raws, res.params["t"])
+    out[depth] = {"nets": nets, "params": res.params, "trace": res.trace,
+                  "counts": jax.device_get(jax.vmap(search.count)(nets))}
+    log.info("Search at depth %d over %d functions: %.1f s.", depth, len(data), time.perf_counter() - t0)
+  return out
+
+
+def mse(net_batch: encoding.Net, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+  pred = jax.vmap(encoding.forward)(net_batch, jnp.asarray(x))
+  return np.asarray(jnp.mean((pred - jnp.asarray(y)) ** 2, axis=-1))
+
+
+def run_baselines(cfg: Config, data: list[fns.Dataset], targets: dict[int, np.ndarray]) -> dict[int, dict]:
+  """Dense nets at every depth, pruned to ``targets[depth]`` (per function) and fine-tuned."""
+  x = jnp.stack([d.x_train for d in data])
+  y = jnp.stack([d.y_train for d in data])
+  out = {}
+  for depth in DEPTHS:
+    keys = jax.random.split(jax.random.key(cfg.seed + 2 + depth), len(data))
+
+    @jax.jit
+    def fit(key, x, y, target, depth=depth):
+      dense, _ = baselines.train(baselines.dense_net(key, depth, cfg.dense_activation), x, y,
+                                 steps=cfg.dense_steps, learning_rate=cfg.dense_lr)
+      pruned, keep = baselines.magnitude_prune(dense, target)
+      tuned = pruned
+      if cfg.finetune_steps:
+        tuned, _ = baselines.train(pruned, x, y, steps=cfg.finetune_steps, learning_rate=cfg.dense_lr, keep=keep)
+      counts = jnp.stack([baselines.count(n) for n in (dense, pruned, tuned)])
+      return dense, pruned, tuned, counts
+
+    dense, pruned, tuned, counts = jax.vmap(fit)(keys, x, y, jnp.asarray(targets[depth]))
+    out[depth] = {"dense": dense, "pruned": pruned, "tuned": tuned, "counts": np.asarray(counts)}
+  return out
+
+
+def describe(net: encoding.Net) -> list[list[str]]:
+  """Active neurons per hidden layer as activation names."""
+  net = jax.device_get(net)
+  return [[encoding.ACTIVATIONS[int(np.argmax(net.act[l, j]))] for j in range(encoding.H) if net.mask[l, j]]
+          for l in range(encoding.depth_of(net))]
+
+
+def main(argv=None) -> dict:
+  cfg, run = config.cli(Config, PRESETS, paper="swat_nn", description=__doc__, argv=argv)
+  t_start = time.perf_counter()
+  graphdef, params, history, n_params = train_autoencoder(cfg, run)
+  t_ae = time.perf_counter() - t_start
+  data = [fns.make_dataset(name, seed=cfg.seed, n_train=cfg.n_train, n_test=cfg.n_test) for name in cfg.functions]
+  found = latent_search(cfg, graphdef, params, data)
+  stack = lambda field: np.stack([getattr(d, field) for d in data])  # noqa: E731
+  for depth in DEPTHS:
+    found[depth]["train_mse"] = mse(found[depth]["nets"], stack("x_train"), stack("y_train"))
+    found[depth]["test_mse"] = mse(found[depth]["nets"], stack("x_test"), stack("y_test"))
+  # Depth selection on the training MSE of the hard-pruned models.
+  train_table = np.stack([found[d]["train_mse"] for d in DEPTHS])
+  best = np.argmin(train_table, axis=0)
+  chosen_depth = np.asarray(DEPTHS)[best]
+  targets = {d: np.asarray(found[d]["counts"]["nonzero_params"]) for d in DEPTHS}
+  base = run_baselines(cfg, data, targets)
+  t_total = time.perf_counter() - t_start
+
+  rows = []
+  for i, d in enumerate(data):
+    depth = int(chosen_depth[i])
+    f, b = found[depth], base[depth]
+    pick = lambda tree: jax.tree.map(lambda v: v[i], tree)  # noqa: E731
+    row = {"function": d.name, "depth": depth,
+           "swat_test_mse": float(f["test_mse"][i]), "swat_train_mse": float(f["train_mse"][i]),
+           "swat_active_neurons": int(f["counts"]["active_neurons"][i]),
+           "swat_params": int(f["counts"]["nonzero_params"][i]),
+           "swat_threshold": float(f["params"]["t"][i]),
+           "swat_architecture": describe(pick(f["nets"])),
+           "dense_params": int(b["counts"][i, 0]), "dense_active_neurons": encoding.H * depth}
+    for kind in ("dense", "pruned", "tuned"):
+      net = pick(b[kind])
+      row[f"{kind}_test_mse"] = float(mse(jax.tree.map(lambda v: v[None], net), d.x_test[None], d.y_test[None])[0])
+    row["pruned_params"] = int(b["counts"][i, 2])
+    row["swat_test_mse_by_depth"] = {str(k): float(found[k]["test_mse"][i]) for k in DEPTHS}
+    rows.append(row)
+
+  def mean(key):
+    return float(np.mean([r[key] for r in rows]))
+
+  summary = {k: mean(k) for k in ("swat_test_mse", "dense_test_mse", "pruned_test_mse", "tuned_test_mse",
+                                  "swat_params", "dense_params", "pruned_params", "swat_active_neurons",
+                                  "dense_active_neurons")}
+  summary["mse_ratio_swat_over_dense"] = summary["swat_test_mse"] / summary["dense_test_mse"]
+  summary["fewer_params_than_dense"] = summary["swat_params"] < summary["dense_params"]
+  summary["mse_within_2x_of_dense"] = summary["mse_ratio_swat_over_dense"] <= 2.0
+  heldout = [r for r in history if "heldout_loss" in r]
+  results = {"summary": summary, "functions": rows, "autoencoder_params": n_params,
+             "heldout_first": heldout[0], "heldout_last": heldout[-1],
+             "autoencoder_seconds": t_ae, "total_seconds": t_total}
+  _write_figures(cfg, run, history, rows, data, found, chosen_depth)
+  (run.path("table.md")).write_text(table_markdown(rows, summary) + "\n")
+  print(table_markdown(rows, summary))
+  run.write_results(results, [
+      {"metric": "SWAT-NN mean test MSE (scaled targets)", "value": summary["swat_test_mse"],
+       "note": f"{len(rows)} functions; dense {summary['dense_test_mse']:.4g}, "
+               f"pruned+FT {summary['tuned_test_mse']:.4g}"},
+      {"metric": "SWAT-NN mean non-zero params", "value": summary["swat_params"],
+       "note": f"dense same depth {summary['dense_params']:.1f}"},
+      {"metric": "SWAT-NN / dense mean test MSE", "value": summary["mse_ratio_swat_over_dense"],
+       "note": "acceptance: <= 2"},
+      {"metric": "AE held-out functional loss (normalized), first -> last",
+       "value": heldout[-1]["heldout_loss_normalized"],
+       "note": f"from {heldout[0]['heldout_loss_normalized']:.4g} at step 0"},
+  ])
+  log.info("Done in %.0f s (autoencoder %.0f s).", t_total, t_ae)
+  return results
+
+
+def table_markdown(rows: list[dict], summary: dict) -> str:
+  lines = ["| function | depth | SWAT test MSE | SWAT neurons | SWAT params | dense test MSE | dense params "
+           "| pruned test MSE | pruned+FT test MSE |", "|---|---|---|---|---|---|---|---|---|"]
+  for r in rows:
+    lines.append(f"| {r['function']} | {r['depth']} | {r['swat_test_mse']:.4g} | {r['swat_active_neurons']} | "
+                 f"{r['swat_params']} | {r['dense_test_mse']:.4g} | {r['dense_params']} | "
+                 f"{r['pruned_test_mse']:.4g} | {r['tuned_test_mse']:.4g} |")
+  s = summary
+  lines.append(f"| **mean** | | {s['swat_test_mse']:.4g} | {s['swat_active_neurons']:.1f} | {s['swat_params']:.1f} | "
+               f"{s['dense_test_mse']:.4g} | {s['dense_params']:.1f} | {s['pruned_test_mse']:.4g} | "
+               f"{s['tuned_test_mse']:.4g} |")
+  return "\n".join(lines)
+
+
+def _write_figures(cfg, run, history, rows, data, found, chosen_depth) -> None:
+  from nas import figures  # pylint: disable=g-import-not-at-top  (matplotlib only when needed)
+  heldout = [r for r in history if "heldout_loss" in r]
+  steps = [r["step"] for r in heldout]
+  plots.line_plot({"mean MSE": (steps, [r["heldout_loss"] for r in heldout]),
+                   "median MSE": (steps, [r["heldout_loss_median"] for r in heldout]),
+                   "mean MSE / (var + 1)": (steps, [r["heldout_loss_normalized"] for r in heldout])},
+                  run.path("ae_heldout_loss.png"), xlabel="autoencoder step", logy=True,
+                  ylabel="min-over-decoders loss", title="Functional loss on held-out random MLPs")
+  order = np.argsort([r["swat_test_mse"] for r in rows])
+  picks = [int(i) for i in order[:3]] + [int(order[-1])]
+  nets = [jax.tree.map(lambda v, i=i: v[i], found[int(chosen_depth[i])]["nets"]) for i in picks]
+  figures.architectures(nets, [rows[i]["function"] for i in picks], run.path("architectures.png"))
+  figures.surfaces(nets, [data[i] for i in picks], run.path("surfaces.png"))
+  traces = {rows[i]["function"]: found[int(chosen_depth[i])]["trace"] for i in picks}
+  x = (np.arange(len(next(iter(traces.values()))["mse"])) + 1) * cfg.search_config().record_every
+  plots.line_plot({name: (x, tr["mse"][picks[k]]) for k, (name, tr) in enumerate(traces.items())},
+                  run.path("search_mse.png"), xlabel="search step", ylabel="train MSE (soft model)",
+                  title="Latent search at the chosen depth", logy=True)
+
+
+if __name__ == "__main__":
+  main()
