@@ -34,7 +34,8 @@ from optim import orthogonalize as orth
 # Arguments that fix array shapes or code paths; pass them as ``static_args`` to
 # `optax.inject_hyperparams` (for `scale_by_dion` and for `dion` respectively).
 STATIC_ARGS = ("rank_fraction", "rank_multiple_of", "power_iters", "qr_method", "oversample",
-               "momentum_dtype", "key", "mesh", "specs", "data_axis", "fsdp_axis", "tp_axis")
+               "momentum_dtype", "key", "mesh", "specs", "data_axis", "fsdp_axis", "tp_axis",
+               "group_same_shape")
 DION_STATIC_ARGS = STATIC_ARGS + ("labels", "scalar_optimizer")
 
 
@@ -206,6 +207,18 @@ def _leaves(tree: Any, specs: Any) -> _Leaves:
                  list(flat_specs))
 
 
+def _groups(planned: dict[int, LeafPlan], leaves: _Leaves, enabled: bool) -> dict[Any, list[int]]:
+  """Leaf indices grouped by identical plan (shape, orientation, rank, specs, dtype)."""
+  groups: dict[Any, list[int]] = {}
+  for i, plan in planned.items():
+    if enabled and not plan.batch:
+      key = (plan._replace(path=""), leaves.flat[i].dtype)
+    else:
+      key = ("alone", i)
+    groups.setdefault(key, []).append(i)
+  return groups
+
+
 def _column_normalize(r: jax.Array, eps: Any) -> jax.Array:
   return r / (jnp.linalg.norm(r, axis=-2, keepdims=True) + eps)
 
@@ -285,8 +298,8 @@ def scale_by_dion(rank_fraction: float = 1.0, mu: Any = 0.95, rank_multiple_of: 
                   power_iters: int = 1, qr_method: str = "rcqr", oversample: float = 1.25,
                   eps: Any = 1e-8, momentum_dtype: Any = None, key: jax.Array | int = 0, *,
                   mesh: Mesh | None = None, specs: Any = None, fsdp_axis: str = mesh_lib.FSDP,
-                  tp_axis: str = mesh_lib.TP,
-                  data_axis: str | None = None) -> optax.GradientTransformation:
+                  tp_axis: str = mesh_lib.TP, data_axis: str | None = None,
+                  group_same_shape: bool = True) -> optax.GradientTransformation:
   r"""Dion's orthonormalized low-rank direction, ``sqrt(fan_out/fan_in) P Q^T``.
 
   For each matrix, oriented as ``B`` of shape ``(p, q)`` (see `plan_leaf`), with
@@ -321,6 +334,9 @@ def scale_by_dion(rank_fraction: float = 1.0, mu: Any = 0.95, rank_multiple_of: 
       with per-replica gradients and momenta. For ``rank_fraction < 1`` and
       ``(m + n) r < m n`` only ``P`` and ``R`` are averaged (compressed sync);
       otherwise the gradient is averaged first. Use `synchronize` before saving.
+    group_same_shape: run 2-D leaves with the same shape, orientation, rank,
+      specs and dtype as one batched step (fewer, larger kernels; faster to
+      compile). Each matrix keeps its own momentum, Q and sketch slice.
 
   Returns:
     An `optax.GradientTransformation` with state `ScaleByDionState`.
@@ -366,14 +382,22 @@ def scale_by_dion(rank_fraction: float = 1.0, mu: Any = 0.95, rank_multiple_of: 
     flat_m, flat_q = leaves.flatten(state.momentum), leaves.flatten(state.q)
     step_key = jax.random.fold_in(jax.random.fold_in(state.key, 1), state.count)
     new_u, new_m, new_q = {}, {}, {}
-    for i, plan in planned.items():
+    for members in _groups(planned, leaves, group_same_shape).values():
+      plan = planned[members[0]]
+      if len(members) > 1:  # same-shape matrices: one batched step (stack axis first)
+        plan = plan._replace(path=f"{len(members)} x {plan.path}", batch=(len(members),))
+      stack = (lambda xs: xs[members[0]]) if len(members) == 1 else (
+          lambda xs: jnp.stack([xs[i] for i in members]))
       compressed = (data_axis is not None and rank_fraction < 1.0
                     and (plan.p_dim + plan.q_dim) * plan.rank < plan.p_dim * plan.q_dim)
-      new_u[i], new_m[i], new_q[i] = _dion_leaf(
-          plan, _Layout(plan, mesh), leaves.flat[i], flat_m[i], flat_q[i],
-          jax.random.fold_in(step_key, i), mu=mu, eps=eps, qr_method=qr_method,
+      outs = _dion_leaf(
+          plan, _Layout(plan, mesh), stack(leaves.flat), stack(flat_m), stack(flat_q),
+          jax.random.fold_in(step_key, members[0]), mu=mu, eps=eps, qr_method=qr_method,
           oversample=oversample, power_iters=power_iters, data_axis=data_axis,
           compressed=compressed)
+      for j, i in enumerate(members):
+        pick = (lambda x: x) if len(members) == 1 else (lambda x, j=j: x[j])
+        new_u[i], new_m[i], new_q[i] = (pick(x) for x in outs)
     return leaves.unflatten(new_u), ScaleByDionState(
         optax.safe_increment(state.count), state.key, leaves.unflatten(new_m),
         leaves.unflatten(new_q))
@@ -400,7 +424,8 @@ def dion(learning_rate: optax.ScalarOrSchedule, rank_fraction: float = 1.0, mu: 
          qr_method: str = "rcqr", oversample: float = 1.25, eps: Any = 1e-8,
          momentum_dtype: Any = None, key: jax.Array | int = 0, mesh: Mesh | None = None,
          specs: Any = None, fsdp_axis: str = mesh_lib.FSDP, tp_axis: str = mesh_lib.TP,
-         data_axis: str | None = None, labels: Any = None, scalar_optimizer: str = "adamw",
+         data_axis: str | None = None, group_same_shape: bool = True, labels: Any = None,
+         scalar_optimizer: str = "adamw",
          scalar_learning_rate: optax.ScalarOrSchedule | None = None, scalar_b1: Any = 0.9,
          scalar_b2: Any = 0.95, scalar_eps: Any = 1e-8, scalar_weight_decay: Any = 0.0,
          embed_b1: Any = 0.95, embed_b2: Any = 0.98) -> optax.GradientTransformation:
@@ -420,7 +445,8 @@ def dion(learning_rate: optax.ScalarOrSchedule, rank_fraction: float = 1.0, mu: 
   Args:
     learning_rate: matrix learning rate (scalar or schedule).
     rank_fraction, mu, rank_multiple_of, power_iters, qr_method, oversample, eps,
-      momentum_dtype, key, mesh, specs, fsdp_axis, tp_axis, data_axis: see
+      momentum_dtype, key, mesh, specs, fsdp_axis, tp_axis, data_axis,
+      group_same_shape: see
       `scale_by_dion`.
     weight_decay: decoupled weight decay of the matrices (uses the base lr).
     labels: label tree / callable (`optim.labels`); default `label_params`.
@@ -436,7 +462,7 @@ def dion(learning_rate: optax.ScalarOrSchedule, rank_fraction: float = 1.0, mu: 
   matrix = optax.chain(
       scale_by_dion(rank_fraction, mu, rank_multiple_of, power_iters, qr_method, oversample, eps,
                     momentum_dtype, key, mesh=mesh, specs=specs, fsdp_axis=fsdp_axis,
-                    tp_axis=tp_axis, data_axis=data_axis),
+                    tp_axis=tp_axis, data_axis=data_axis, group_same_shape=group_same_shape),
       optax.add_decayed_weights(weight_decay),
       optax.scale_by_learning_rate(learning_rate))
   return routed_lib.routed(

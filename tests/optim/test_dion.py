@@ -361,3 +361,12 @@ def test_inject_hyperparams_and_schedule():
   jax.tree.map(lambda x, y: np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=1e-6),
                u3[0], u2[0])
   assert np.linalg.norm(np.asarray(u3[2]["w"])) < np.linalg.norm(np.asarray(u2[2]["w"]))
+
+
+def test_grouped_same_shape_leaves_equal_per_leaf_steps():
+  params = {"a": _randn(0, (16, 24)), "b": _randn(1, (16, 24)), "c": _randn(2, (24, 16))}
+  grads = [jax.tree.map(lambda x, i=i: _randn(10 + i, x.shape), params) for i in range(2)]
+  grouped, _ = _run(D.scale_by_dion(0.5, qr_method="qr"), params, grads)
+  single, _ = _run(D.scale_by_dion(0.5, qr_method="qr", group_same_shape=False), params, grads)
+  jax.tree.map(lambda x, y: np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=1e-5),
+               grouped, single)

@@ -1,0 +1,302 @@
+"""Dion (Ahn et al., 2025) vs Muon vs AdamW on a small character-level GPT (Shakespeare).
+
+Every arm trains the same `common.lm.CharGPT` from the same initialisation on
+the same batches; only the optimizer of the hidden matrices differs. Vectors,
+embeddings and the head use one shared scalar optimizer (AdamW by default,
+head rule of the Dion reference), so the comparison holds the scalar optimizer
+fixed. Arms: AdamW, Muon (optax.contrib), Dion at rank fractions 1, 1/2, 1/4,
+1/16. A batch-size sweep repeats some arms at other batch sizes with the same
+token budget. Outputs: validation-loss curves, a table of final validation
+loss and optimizer milliseconds per step, results.json with headline rows.
+
+    python scripts/dion.py --preset quick
+    python scripts/dion.py --preset quick --mesh fsdp=4,tp=2   # sharded (8 CPU devices)
+    python scripts/dion.py --preset gpu                        # sized for one H100
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+
+def _devices_for_mesh(argv: list[str]) -> None:
+  """With ``--mesh a=N,b=M`` on CPU, simulate N*M devices (must precede ``import jax``)."""
+  spec = next((argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--mesh"), None)
+  spec = spec or next((a.split("=", 1)[1] for a in argv if a.startswith("--mesh=")), None)
+  if not spec or "device_count" in os.environ.get("XLA_FLAGS", ""):
+    return
+  count = 1
+  for part in spec.split(","):
+    count *= int(part.partition("=")[2] or 1)
+  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                             f" --xla_force_host_platform_device_count={count}").strip()
+
+
+_devices_for_mesh(sys.argv[1:])
+
+# pylint: disable=wrong-import-position
+import dataclasses  # noqa: E402
+import logging  # noqa: E402
+import statistics  # noqa: E402
+import time  # noqa: E402
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+import optax  # noqa: E402
+import scipy.linalg  # noqa: E402,F401  (loads the OpenBLAS behind jax's CPU LAPACK calls)
+from flax import nnx  # noqa: E402
+from threadpoolctl import threadpool_limits  # noqa: E402
+
+from common import config, lm, loop, plots  # noqa: E402
+from common import mesh as mesh_lib  # noqa: E402
+from optim import dion as dion_lib  # noqa: E402
+from optim import labels as labels_lib  # noqa: E402
+from optim import routed  # noqa: E402
+
+log = logging.getLogger("dion")
+
+
+def parse_arm(arm: str) -> tuple[str, float | None]:
+  """``'adamw' | 'muon' | 'lion' | 'dion-<fraction>'`` -> (kind, rank fraction).
+
+  Raises:
+    ValueError: unknown arm or a rank fraction outside (0, 1].
+  """
+  if arm in ("adamw", "muon", "lion"):
+    return arm, None
+  kind, _, frac = arm.partition("-")
+  try:
+    num, _, den = frac.partition("/")
+    value = float(num) / float(den or 1)
+  except ValueError:
+    value = -1.0
+  if kind != "dion" or not 0.0 < value <= 1.0:
+    raise ValueError(f"Unknown arm {arm!r}: use adamw, muon, lion or dion-<fraction in (0, 1]>, "
+                     "e.g. dion-1/4.")
+  return kind, value
+
+
+def arm_optimizer(arm: str, cfg, sched, *, mesh=None, specs=None) -> optax.GradientTransformation:
+  """The arm's optimizer; every arm shares the scalar groups and the head rule."""
+  kind, fraction = parse_arm(arm)
+  shared = dict(scalar_optimizer=cfg.scalar_optimizer, scalar_learning_rate=sched(cfg.scalar_lr))
+  if kind == "dion":
+    return dion_lib.dion(sched(cfg.dion_lr), fraction, weight_decay=cfg.weight_decay, mesh=mesh,
+                         specs=specs, key=cfg.seed, **shared)
+  if kind == "muon":
+    return routed.muon(sched(cfg.muon_lr), weight_decay=cfg.weight_decay, **shared)
+  if kind == "lion":
+    return routed.lion(sched(cfg.adamw_lr / 10), weight_decay=cfg.weight_decay, **shared)
+  return routed.adamw(sched(cfg.adamw_lr), weight_decay=cfg.weight_decay, **shared)
+
+
+def param_specs(params, mesh) -> dict:
+  """Partition specs: hidden kernels (fan_in, fan_out) get FSDP x TP, Megatron style.
+
+  Column-parallel kernels (q, k, v, up) put TP on fan_out; row-parallel ones
+  (o, down) put TP on fan_in. Embeddings and the head shard their model dim over
+  TP; vectors are replicated. Axes missing from the mesh are dropped.
+  """
+  fsdp, tp = mesh_lib.FSDP, mesh_lib.TP
+  labels = labels_lib.label_params(params)
+
+  def spec(path, x, label):
+    name = labels_lib.path_str(path)
+    if label == labels_lib.MATRIX:
+      row_parallel = any(f"/{k}/" in f"/{name}/" for k in ("o", "down"))
+      entries = (tp, fsdp) if row_parallel else (fsdp, tp)
+    elif label in (labels_lib.EMBEDDING, labels_lib.HEAD) and x.ndim == 2:
+      entries = (None, tp) if label == labels_lib.EMBEDDING else (tp, None)
+    else:
+      entries = (None,) * x.ndim
+    return mesh_lib.sharding(mesh, *entries).spec
+
+  return jax.tree_util.tree_map_with_path(spec, params, labels)
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+  """Char-GPT optimizer comparison."""
+  dataset: str = "shakespeare"  # or a prepared TFDS text dataset with a 'text' feature
+  d_model: int = 64
+  layers: int = 2
+  heads: int = 4
+  seq_len: int = 64
+  batch_size: int = 32
+  steps: int = 240
+  arms: tuple[str, ...] = ("adamw", "muon", "dion-1", "dion-1/2", "dion-1/4", "dion-1/16")
+  sweep_batch_sizes: tuple[int, ...] = (8, 128)  # extra batch sizes, same number of tokens
+  sweep_arms: tuple[str, ...] = ("adamw", "muon", "dion-1")
+  dion_lr: float = 0.02
+  muon_lr: float = 0.02
+  adamw_lr: float = 3e-3  # AdamW on the matrices (adamw arm)
+  scalar_lr: float = 3e-3  # shared scalar optimizer (vectors, embeddings, head)
+  scalar_optimizer: str = "adamw"  # or "lion"
+  weight_decay: float = 0.01  # matrices, every arm
+  warmdown: float = 0.2  # final fraction of steps with a linear decay to 0
+  val_fraction: float = 0.05
+  eval_windows: int = 128
+  eval_every: int = 60
+  log_every: int = 20
+  timing_calls: int = 5
+  mesh: str = ""  # e.g. "fsdp=4,tp=2": parameters sharded, Dion follows its orientation rule
+  seed: int = 0
+
+  def validate(self) -> None:
+    for arm in set(self.arms) | set(self.sweep_arms):
+      parse_arm(arm)
+    config.require(self.scalar_optimizer in ("adamw", "lion"),
+                   f"scalar_optimizer must be 'adamw' or 'lion', got {self.scalar_optimizer!r}.")
+    config.require(min(self.d_model, self.layers, self.heads, self.seq_len, self.batch_size,
+                       self.steps) >= 1, "sizes and steps must be >= 1.")
+    config.require(self.d_model % self.heads == 0, "heads must divide d_model.")
+    config.require(all(b >= 1 for b in self.sweep_batch_sizes), "sweep batch sizes must be >= 1.")
+    config.require(0.0 <= self.warmdown < 1.0, "warmdown must be in [0, 1).")
+    config.require(self.eval_every % self.log_every == 0,
+                   "eval_every must be a multiple of log_every.")
+    for lr in (self.dion_lr, self.muon_lr, self.adamw_lr, self.scalar_lr):
+      config.require(lr > 0, f"learning rates must be > 0, got {lr}.")
+    if self.mesh:
+      mesh_lib.parse_mesh(self.mesh)
+
+
+PRESETS = {
+    "quick": Config(arms=("adamw", "muon", "dion-1", "dion-1/4"), sweep_batch_sizes=(128,)),
+    "cpu": Config(),  # every arm and the full batch sweep (~10 minutes on 2 cores)
+    "gpu": Config(d_model=384, layers=6, heads=6, seq_len=256, batch_size=64, steps=3000,
+                  sweep_batch_sizes=(16, 256), eval_windows=512, eval_every=250, log_every=50),
+}
+
+
+def _schedule(base: float, steps: int, warmdown: float) -> optax.Schedule:
+  decay = max(1, int(round(warmdown * steps)))
+  return optax.join_schedules([optax.constant_schedule(base),
+                               optax.linear_schedule(base, 0.0, decay)], [steps - decay])
+
+
+def _train_arm(cfg: Config, arm: str, batch: int, steps: int, data, run, mesh) -> dict:
+  train_ids, (val_x, val_y), vocab_size = data
+  model = lm.CharGPT(vocab_size, cfg.d_model, cfg.layers, cfg.heads, cfg.seq_len,
+                     rngs=nnx.Rngs(cfg.seed))
+  graphdef, state = nnx.split(model)
+  params = nnx.to_pure_dict(state)
+  specs = param_specs(params, mesh) if mesh is not None else None
+  if mesh is not None:
+    params = jax.tree.map(lambda x, s: jax.device_put(x, jax.sharding.NamedSharding(mesh, s)),
+                          params, specs)
+  sched = lambda base: _schedule(base, steps, cfg.warmdown)
+  tx = arm_optimizer(arm, cfg, sched, mesh=mesh, specs=specs)
+  train_state = {"params": params, "opt_state": jax.jit(tx.init)(params)}
+
+  def loss_of(p, x, y):
+    return lm.loss_fn(nnx.merge(graphdef, p), x, y)
+
+  @jax.jit
+  def chunk(s, xs, ys):
+    def body(s, xy):
+      loss, grads = jax.value_and_grad(loss_of)(s["params"], *xy)
+      updates, opt_state = tx.update(grads, s["opt_state"], s["params"])
+      return {"params": optax.apply_updates(s["params"], updates), "opt_state": opt_state}, loss
+    s, losses = jax.lax.scan(body, s, (xs, ys))
+    return s, {"loss": losses.mean()}
+
+  def step_fn(s, step, n):
+    xs, ys = zip(*(lm.window_batch(train_ids, batch, cfg.seq_len, cfg.seed, t)
+                   for t in range(step, step + n)))
+    return chunk(s, np.stack(xs), np.stack(ys))
+
+  val_loss = jax.jit(loss_of)
+  eval_every = max(cfg.log_every, cfg.eval_every * cfg.batch_size // batch // cfg.log_every
+                   * cfg.log_every)
+  t0 = time.perf_counter()
+  train_state, history = loop.train(
+      train_state, step_fn=step_fn, num_steps=steps, workdir=run.workdir / f"{_slug(arm)}_b{batch}",
+      log_every=cfg.log_every, checkpoint_every=eval_every, eval_every=eval_every,
+      eval_fn=lambda s, _: {"val_loss": val_loss(s["params"], val_x, val_y)},
+      desc=f"{arm} b={batch}")
+  wall = time.perf_counter() - t0
+  curve = [(r["step"], float(r["val_loss"])) for r in history if "val_loss" in r]
+  return {"arm": arm, "batch_size": batch, "steps": steps, "final_val_loss": curve[-1][1],
+          "best_val_loss": min(v for _, v in curve), "curve": curve, "train_wall_s": wall,
+          "optimizer_ms": _optimizer_ms(tx, train_state, cfg.timing_calls)}
+
+
+def _optimizer_ms(tx, state, calls: int) -> float:
+  """Median time of one jitted ``tx.update`` on gradient-shaped inputs (ms)."""
+  grads = jax.tree.map(lambda x: 1e-3 * jax.numpy.ones_like(x), state["params"])
+  update = jax.jit(tx.update)
+  jax.block_until_ready(update(grads, state["opt_state"], state["params"]))
+  times = []
+  for _ in range(calls):
+    t0 = time.perf_counter()
+    jax.block_until_ready(update(grads, state["opt_state"], state["params"]))
+    times.append(time.perf_counter() - t0)
+  return 1e3 * statistics.median(times)
+
+
+def _slug(arm: str) -> str:
+  return arm.replace("/", "_")
+
+
+def _load(cfg: Config):
+  text = lm.load_corpus(cfg.dataset)
+  vocab = lm.CharVocab(text)
+  train_ids, val_ids = lm.split_ids(vocab.encode(text), cfg.val_fraction)
+  log.info("%s: %d characters, vocabulary %d, %d train / %d validation ids.", cfg.dataset,
+           len(text), vocab.size, len(train_ids), len(val_ids))
+  return train_ids, lm.eval_windows(val_ids, cfg.seq_len, cfg.eval_windows), vocab.size
+
+
+def main() -> None:
+  cfg, run = config.cli(Config, PRESETS, paper="dion", description=__doc__)
+  threadpool_limits(1, user_api="blas")
+  mesh = mesh_lib.make_mesh(cfg.mesh) if cfg.mesh else None
+  data = _load(cfg)
+  main_runs = [_train_arm(cfg, arm, cfg.batch_size, cfg.steps, data, run, mesh)
+               for arm in cfg.arms]
+  sweep = [r for r in main_runs if r["arm"] in cfg.sweep_arms]
+  for batch in cfg.sweep_batch_sizes:
+    steps = max(cfg.log_every, cfg.steps * cfg.batch_size // batch)
+    sweep += [_train_arm(cfg, arm, batch, steps, data, run, mesh) for arm in cfg.sweep_arms]
+  _report(cfg, run, main_runs, sweep)
+
+
+def _report(cfg: Config, run, main_runs: list[dict], sweep: list[dict]) -> None:
+  plots.line_plot({r["arm"]: tuple(zip(*r["curve"])) for r in main_runs},
+                  run.path("val_loss.png"), xlabel="step", ylabel="validation loss (nats/char)",
+                  title=f"char GPT d={cfg.d_model} L={cfg.layers}, batch {cfg.batch_size}")
+  by_arm: dict[str, list[tuple[int, float]]] = {}
+  for r in sorted(sweep, key=lambda r: r["batch_size"]):
+    by_arm.setdefault(r["arm"], []).append((r["batch_size"], r["final_val_loss"]))
+  plots.line_plot({arm: tuple(zip(*pts)) for arm, pts in by_arm.items()},
+                  run.path("batch_sweep.png"), xlabel="batch size (same tokens)",
+                  ylabel="final validation loss", title="batch-size sweep", logx=True)
+  table = ["| arm | final val loss | best val loss | optimizer ms/step | train s |",
+           "|---|---|---|---|---|"]
+  table += [f"| {r['arm']} | {r['final_val_loss']:.4f} | {r['best_val_loss']:.4f} | "
+            f"{r['optimizer_ms']:.2f} | {r['train_wall_s']:.1f} |" for r in main_runs]
+  sweep_table = ["| arm | " + " | ".join(f"b={b}" for b, _ in next(iter(by_arm.values()))) + " |"]
+  sweep_table += ["|---|" + "---|" * len(next(iter(by_arm.values())))]
+  sweep_table += [f"| {arm} | " + " | ".join(f"{v:.4f}" for _, v in pts) + " |"
+                  for arm, pts in by_arm.items()]
+  log.info("Results\n%s\n\nBatch sweep (same token budget)\n%s", "\n".join(table),
+           "\n".join(sweep_table))
+  final = {r["arm"]: r["final_val_loss"] for r in main_runs}
+  headline = [{"metric": f"{arm} final val loss, char GPT ({cfg.dataset})", "value": round(v, 4),
+               "note": f"{cfg.steps} steps, batch {cfg.batch_size}"} for arm, v in final.items()]
+  if "dion-1" in final and "muon" in final:
+    headline.append({"metric": "Dion r=1 / Muon final val loss", "value":
+                     round(final["dion-1"] / final["muon"], 4), "note": "acceptance: <= 1.02"})
+  gaps = {}
+  if "adamw" in by_arm and "muon" in by_arm:
+    muon = dict(by_arm["muon"])
+    gaps = {b: round(v - muon[b], 4) for b, v in by_arm["adamw"] if b in muon}
+    headline.append({"metric": "AdamW - Muon val loss gap by batch size", "value": str(gaps),
+                     "note": "paper: the gap grows with batch size"})
+  run.write_results({"runs": main_runs, "sweep": sweep, "table": table,
+                     "sweep_table": sweep_table, "adamw_minus_muon_by_batch": gaps}, headline)
+
+
+if __name__ == "__main__":
+  main()
