@@ -107,12 +107,24 @@ def _chunks(n: int, big: int = 64, small: int = 8) -> list[int]:
 class JobTrainer:
   """Computes job deltas of one task: ``x_local - x_start`` after local SGD.
 
-  ``batched`` computes many jobs in one vmapped call (params stacked on a
-  leading job axis, padded to a power of two); ``single`` is the job-by-job
-  reference (one jitted call per job).
+  ``batched`` computes many jobs in one compiled call (start params stacked on
+  a leading job axis, chunks of 64 / 8 jobs so only two shapes compile);
+  ``single`` is the job-by-job reference (one jitted call per job).
+
+  Inside the batched call the jobs run either under `jax.vmap` (``"vmap"``,
+  the accelerator choice) or as a `lax.map` loop in one program (``"map"``).
+  On XLA:CPU a vmap over per-job parameters becomes batched small matmuls,
+  which measured slower than one call per job; the in-program loop removes
+  the per-call dispatch instead and measured ~4x faster than job-by-job.
+  ``"auto"`` picks ``"map"`` on CPU and ``"vmap"`` elsewhere.
   """
 
-  def __init__(self, task: Task):
+  def __init__(self, task: Task, mode: str = "auto"):
+    if mode == "auto":
+      mode = "map" if jax.default_backend() == "cpu" else "vmap"
+    if mode not in ("map", "vmap"):
+      raise ValueError(f"mode must be 'auto', 'map' or 'vmap', got {mode!r}.")
+    self.mode = mode
     self.task = task
     self._x, self._y = jnp.asarray(task.x), jnp.asarray(task.y)
     loss_fn, lr = task.loss_fn, task.local_lr
@@ -125,7 +137,11 @@ class JobTrainer:
       local, _ = jax.lax.scan(step, params, (x[client], y[client]))
       return jax.tree.map(jnp.subtract, local, params)
 
-    self._batched = jax.jit(jax.vmap(one_job, in_axes=(0, 0, None, None)))
+    if mode == "vmap":
+      self._batched = jax.jit(jax.vmap(one_job, in_axes=(0, 0, None, None)))
+    else:
+      self._batched = jax.jit(
+          lambda ps, cs, x, y: jax.lax.map(lambda pc: one_job(pc[0], pc[1], x, y), (ps, cs)))
     self._single = jax.jit(one_job)
 
   def batched(self, params_list: Sequence[Any], clients: Sequence[int]) -> list[Any]:

@@ -76,9 +76,10 @@ def test_buffer_of_one_without_staleness_is_sequential_sgd():
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
-def test_batched_jobs_equal_job_by_job():
+@pytest.mark.parametrize("mode", ["map", "vmap"])
+def test_batched_jobs_equal_job_by_job(mode):
   task = _task(20)
-  trainer = fedast.JobTrainer(task)
+  trainer = fedast.JobTrainer(task, mode=mode)
   rng = np.random.default_rng(1)
   versions = [{"w": rng.normal(size=(D, K)).astype(np.float32), "b": rng.normal(size=K).astype(np.float32)}
               for _ in range(3)]
