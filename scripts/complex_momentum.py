@@ -8,9 +8,13 @@
     to adversarial (g=1): steps to converge vs g, best step size per method.
 (c) GAN on a ring of 8 Gaussians: Adam (beta1=0) vs complex Adam vs real-momentum
     Adam over several seeds; modes covered and fraction of high-quality samples.
+(d) Small MLP GAN on Fashion-MNIST with the same three optimizers, scored by an
+    Inception-Score formula and a Frechet distance computed with our own
+    Fashion-MNIST classifier (not Inception): comparable only with each other.
 
-    python scripts/complex_momentum.py --preset quick
-    python scripts/complex_momentum.py --preset paper --gan-seeds 8
+    python scripts/complex_momentum.py --preset quick     # (a), (b), short (c)
+    python scripts/complex_momentum.py --preset paper     # (a), (b), (c) with 8 seeds
+    python scripts/complex_momentum.py --preset fmnist    # (d) only
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ SWEEP_CLASSES = {
     "complex 0.9e^{i pi/8} (fixed)": [(0.9, PI8)],
 }
 MODES = ("simultaneous", "alternating")
+PARTS = ("bilinear", "sweep", "gan", "fmnist")
 # (alpha, |beta|, arg beta, mode) -> spectral radius, derived in the reference notes.
 SPEC_TABLE = [
     (0.01, 0.0, 0.0, "simultaneous", 1.00005), (0.05, 0.0, 0.0, "simultaneous", 1.0012),
@@ -90,10 +95,25 @@ class Config:
   gan_eval_every: int = 500
   gan_samples: int = 2500  # samples scored per run
   gan_min_fraction: float = 0.01  # a mode is covered with >= this fraction of HQ samples
+  fmnist_steps: int = 3000  # (d) Fashion-MNIST GAN steps
+  fmnist_batch: int = 64
+  fmnist_hidden: int = 256
+  fmnist_z_dim: int = 64
+  fmnist_lr: float = 2e-4
+  fmnist_eval_every: int = 500
+  fmnist_classifier_steps: int = 1500  # Adam steps (batch 256) of the scoring classifier
+  fmnist_samples: int = 5000  # generated images scored per optimizer
+  parts: tuple[str, ...] = ("bilinear", "sweep", "gan")  # experiments to run (of PARTS)
   seed: int = 0
 
   def validate(self) -> None:
     req = config.require
+    req(len(self.parts) > 0 and set(self.parts) <= set(PARTS),
+        f"parts must be a non-empty subset of {PARTS}, got {self.parts}.")
+    req(min(self.fmnist_steps, self.fmnist_batch, self.fmnist_hidden, self.fmnist_z_dim,
+            self.fmnist_eval_every, self.fmnist_classifier_steps, self.fmnist_samples) >= 1,
+        "fmnist_* sizes and step counts must be >= 1.")
+    req(self.fmnist_lr > 0, f"fmnist_lr must be > 0, got {self.fmnist_lr}.")
     req(self.alpha > 0, f"alpha must be > 0, got {self.alpha}.")
     req(self.curve_steps >= 10, f"curve_steps must be >= 10, got {self.curve_steps}.")
     req(all(a > 0 for a in self.heat_alphas), f"heat_alphas must be > 0, got {self.heat_alphas}.")
@@ -117,6 +137,7 @@ PRESETS = {
     "paper": Config(curve_steps=3000, heat_grid=81, sweep_gammas=11,
                     sweep_lrs=(0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0),
                     sweep_steps=5000, gan_seeds=8, gan_steps=10000),
+    "fmnist": Config(parts=("fmnist",)),
 }
 
 
@@ -327,39 +348,56 @@ def _plot_gan_samples(cfg, setup, state, names, path):
 # ------------------------------------------------------------------- main
 
 
-def main(argv=None) -> dict:
-  cfg, run = config.cli(Config, PRESETS, paper="complex_momentum", description=__doc__, argv=argv)
+def _bilinear_part(cfg: Config, run, results: dict, headline: list) -> None:
   table = spectral_table()
-  log.info("spectral radius table: max |diff| to the reference = %.2e",
-           max(r["abs_diff"] for r in table))
-  curves = bilinear_curves(cfg, run)
-  best = spectral_heatmaps(cfg, run)
-  sweep = adversarial_sweep(cfg, run)
-  log.info("adversarialness sweep, gammas converged: %s", sweep["converged_count"])
-  results = {"spectral_table": table, "bilinear_curves": curves, "heatmap_best": best, "sweep": sweep}
-  sim = next(r for r in table if r["mode"] == "simultaneous" and r["alpha"] == 0.05 and r["magnitude"] == 0.9
-             and r["angle"] > 0)
-  n_gamma = len(sweep["gammas"])
-  headline = [
+  results.update(spectral_table=table, bilinear_curves=bilinear_curves(cfg, run),
+                 heatmap_best=spectral_heatmaps(cfg, run))
+  sim = next(r for r in table if r["mode"] == "simultaneous" and r["alpha"] == 0.05
+             and r["magnitude"] == 0.9 and r["angle"] > 0)
+  headline += [
       {"metric": "SimCM spectral radius, bilinear game, alpha=0.05, beta=0.9e^(i pi/8)",
        "value": sim["rho"], "note": "reference 0.98569"},
-      {"metric": "max |rho - reference| over the spectral-radius table", "value": max(r["abs_diff"] for r in table),
-       "note": f"{len(table)} entries"},
+      {"metric": "max |rho - reference| over the spectral-radius table",
+       "value": max(r["abs_diff"] for r in table), "note": f"{len(table)} entries"}]
+
+
+def _sweep_part(cfg: Config, run, results: dict, headline: list) -> None:
+  sweep = results["sweep"] = adversarial_sweep(cfg, run)
+  classes = ("complex momentum", "positive momentum", "negative momentum", "GD")
+  headline += [
       {"metric": "quadratic games converged (of gamma values): complex / +mom / -mom / GD",
-       "value": " / ".join(str(sweep["converged_count"][k]) for k in
-                           ("complex momentum", "positive momentum", "negative momentum", "GD")),
-       "note": f"{n_gamma} gammas, best beta and step size per class, {cfg.sweep_steps} steps"},
+       "value": " / ".join(str(sweep["converged_count"][k]) for k in classes),
+       "note": f"{len(sweep['gammas'])} gammas, best beta and step size per class, {cfg.sweep_steps} steps"},
       {"metric": "best spectral radius at gamma=1 (bilinear, simultaneous): complex / +mom / -mom / GD",
-       "value": " / ".join(f"{sweep['best_rho'][k][-1]:.5f}" for k in
-                           ("complex momentum", "positive momentum", "negative momentum", "GD")),
-       "note": "< 1 converges"},
-  ]
-  if cfg.gan_seeds:
-    gan = gan_experiment(cfg, run)
-    results["gan"] = gan
-    for name, r in gan["methods"].items():
-      headline.append({"metric": f"8-Gaussian GAN modes covered, {name}", "value": r["mean_modes"],
-                       "note": f"mean of {cfg.gan_seeds} seeds, {cfg.gan_steps} steps; HQ fraction {r['mean_hq']:.3f}"})
+       "value": " / ".join(f"{sweep['best_rho'][k][-1]:.5f}" for k in classes), "note": "< 1 converges"}]
+
+
+def _gan_part(cfg: Config, run, results: dict, headline: list) -> None:
+  gan = results["gan"] = gan_experiment(cfg, run)
+  for name, r in gan["methods"].items():
+    headline.append({"metric": f"8-Gaussian GAN modes covered, {name}", "value": r["mean_modes"],
+                     "note": f"mean of {cfg.gan_seeds} seeds, {cfg.gan_steps} steps; "
+                             f"HQ fraction {r['mean_hq']:.3f}"})
+
+
+def _fmnist_part(cfg: Config, run, results: dict, headline: list) -> None:
+  from complex_momentum_fmnist import fmnist_experiment  # pylint: disable=g-import-not-at-top
+  fm = results["fmnist"] = fmnist_experiment(cfg, run, gan_methods(cfg))
+  for name, r in fm["methods"].items():
+    headline.append({"metric": f"Fashion-MNIST GAN classifier-IS / FD, {name}",
+                     "value": f"{r['IS']:.3f} / {r['FD']:.2f}",
+                     "note": f"{cfg.fmnist_steps} steps; own classifier (test acc "
+                             f"{fm['classifier_accuracy']:.3f}), not Inception"})
+
+
+def main(argv=None) -> dict:
+  cfg, run = config.cli(Config, PRESETS, paper="complex_momentum", description=__doc__, argv=argv)
+  results, headline = {}, []
+  parts = {"bilinear": _bilinear_part, "sweep": _sweep_part, "gan": _gan_part,
+           "fmnist": _fmnist_part}
+  for name in PARTS:
+    if name in cfg.parts and not (name == "gan" and cfg.gan_seeds == 0):
+      parts[name](cfg, run, results, headline)
   run.write_results(results, headline)
   for row in headline:
     log.info("%s: %s (%s)", row["metric"], row["value"], row["note"])
