@@ -67,10 +67,19 @@ def _rows(x: Array) -> Array:
   return x.reshape(x.shape[0], -1)
 
 
+def _unit(x: Array, axis, eps: float) -> Array:
+  """``x / max(||x||, eps)`` over ``axis``.
+
+  The clamp is applied to the squared norm, before the square root, so an
+  all-zero slice gets a zero gradient instead of ``0 * inf = nan``.
+  """
+  sq = jnp.sum(x * x, axis=axis, keepdims=True)
+  return x * lax.rsqrt(jnp.maximum(sq, eps * eps))
+
+
 def l2_normalize_rows(x: Array, eps: float = 1e-12) -> Array:
   """Row-wise ``x / max(||x||, eps)`` (PyTorch's ``F.normalize``)."""
-  norm = jnp.sqrt(jnp.sum(x * x, axis=-1, keepdims=True))
-  return x / jnp.maximum(norm, eps)
+  return _unit(x, -1, eps)
 
 
 def mlp_pair_loss(a: Array, c: Array, labels: Array, *,
@@ -108,9 +117,7 @@ def cnn_pair_loss(a: Array, c: Array, labels: Array, *, scale_c: float = 1.0,
 
 def channel_normalize(x: Array, eps: float = 1e-12) -> Array:
   """Centres each channel of an NHWC map over space, then L2-normalises it."""
-  x = x - jnp.mean(x, axis=(1, 2), keepdims=True)
-  norm = jnp.sqrt(jnp.sum(x * x, axis=(1, 2), keepdims=True))
-  return x / jnp.maximum(norm, eps)
+  return _unit(x - jnp.mean(x, axis=(1, 2), keepdims=True), (1, 2), eps)
 
 
 def ae_pair_loss(a: Array, c: Array, *, scale_h: float = 1.0,

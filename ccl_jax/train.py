@@ -216,8 +216,28 @@ def evaluate(eval_batch: Callable, params: Any, images: Array, labels: Array,
   return {k: v / n for k, v in totals.items()}
 
 
+def epoch_batch_indices(num_examples: int, batch_size: int, seed: int,
+                        start: int, count: int,
+                        batches_per_epoch: int | None = None) -> np.ndarray:
+  """`common.data.batch_indices`, optionally using only the first batches.
+
+  With ``batches_per_epoch = B`` every epoch visits only the first ``B``
+  batches of its permutation (the reference autoencoder uses 101), so step
+  ``s`` maps to position ``s mod B`` of epoch ``s div B``.
+  """
+  full = data_lib.steps_per_epoch(num_examples, batch_size)
+  if batches_per_epoch is None or batches_per_epoch >= full:
+    return data_lib.batch_indices(num_examples, batch_size, seed, start, count)
+  rows = [data_lib.batch_indices(num_examples, batch_size, seed,
+                                 (s // batches_per_epoch) * full +
+                                 s % batches_per_epoch, 1)[0]
+          for s in range(start, start + count)]
+  return np.stack(rows)
+
+
 def make_step_fn(trainer: Trainer, images: Array, labels: Array, *,
-                 batch_size: int, seed: int, scan: bool = True):
+                 batch_size: int, seed: int, scan: bool = True,
+                 batches_per_epoch: int | None = None):
   """Returns ``step_fn(state, step, n) -> (state, metrics)`` for the loop.
 
   The data stay on device; only the ``[n, batch]`` index array
@@ -226,6 +246,7 @@ def make_step_fn(trainer: Trainer, images: Array, labels: Array, *,
   MLPs); with ``scan=False`` a Python loop calls a jitted single step, the
   right choice for conv nets on XLA:CPU (conv backward inside ``scan`` is
   ~25x slower there). Metrics are means over the ``n`` steps.
+  ``batches_per_epoch``: see :func:`epoch_batch_indices`.
   """
   num_examples = images.shape[0]
 
@@ -245,8 +266,8 @@ def make_step_fn(trainer: Trainer, images: Array, labels: Array, *,
   one_jit = jax.jit(one)
 
   def step_fn(state, step, n):
-    idx = jnp.asarray(data_lib.batch_indices(num_examples, batch_size, seed,
-                                             step, n))
+    idx = jnp.asarray(epoch_batch_indices(num_examples, batch_size, seed,
+                                          step, n, batches_per_epoch))
     if scan:
       return many(state, images, labels, idx, jnp.asarray(step))
     mets = []

@@ -59,8 +59,10 @@ class Config:
   scale_ssl: float = 0.5  # CNN decorrelation weight
   filter_target: bool = False  # CNN: drop examples already classified with p > 0.9
   scale_h: float = 1.0  # autoencoder pair-loss weight
+  activation: Literal["elu", "relu", "tanh"] = "elu"  # hidden activation of both nets
   hidden: tuple[int, ...] = (256,) * 5  # MLP hidden widths
   channels: tuple[int, ...] = (128, 128, 256, 256, 512)  # CNN / AE widths
+  batches_per_epoch: int | None = None  # use only the first N batches of each epoch
   val_fraction: float = 0.1  # held out of train for model selection
   diag_examples: int = 1000  # test examples used for the CKA diagnostic
   checkpoint_epochs: int = 5  # checkpoint every this many epochs
@@ -89,6 +91,8 @@ class Config:
         f"use at most 5, got {self.channels}.")
     req(self.diag_examples >= 10, "diag_examples must be >= 10.")
     req(self.checkpoint_epochs >= 1, "checkpoint_epochs must be >= 1.")
+    req(self.batches_per_epoch is None or self.batches_per_epoch >= 1,
+        f"batches_per_epoch must be >= 1 or None, got {self.batches_per_epoch}.")
 
 
 _CNN = dict(model="cnn_pool", batch_size=128, scale_c=1.0, scale_ssl=0.5,
@@ -107,9 +111,11 @@ PRESETS = {
                               epochs=100),
     "cnn_small": Config(model="cnn", channels=(16, 16, 32, 32, 64), scale_c=1.0,
                         warmup_steps=100, epochs=2, batch_size=128, bp_lr=0.05),
-    "ae": Config(model="ae", channels=(16, 32, 64), batch_size=64, lr=0.01, bp_lr=0.05,
+    # ELU, not the reference's BN + ReLU: see docs/ccl.md.
+    "ae": Config(model="ae", channels=(8, 16, 32), batch_size=64, lr=0.03, bp_lr=0.05,
                  momentum=0.9, weight_decay=1e-4, clip=0.2, cosine=True,
-                 warmup_steps=100, grad_centralization=True, epochs=3),
+                 warmup_steps=100, grad_centralization=True, epochs=5,
+                 batches_per_epoch=200),
 }
 
 
@@ -154,16 +160,23 @@ def load_data(cfg: Config) -> Data:
 
 def build_model(cfg: Config, ds: Data, seed: int):
   rngs = nnx.Rngs(seed)
+  act = cfg.activation
   if cfg.model == "mlp":
-    return CCLMLP((ds.x_train.shape[1], *cfg.hidden, ds.num_classes), rngs=rngs)
+    return CCLMLP((ds.x_train.shape[1], *cfg.hidden, ds.num_classes), activation=act,
+                  rngs=rngs)
   if cfg.model == "ae":
-    return CCLAutoencoder(ds.x_train.shape[-1], cfg.channels, rngs=rngs)
+    return CCLAutoencoder(ds.x_train.shape[-1], cfg.channels, activation=act, rngs=rngs)
   return CCLCNN(ds.x_train.shape[1:], ds.num_classes, cfg.channels,
-                pool=cfg.model == "cnn_pool", rngs=rngs)
+                pool=cfg.model == "cnn_pool", activation=act, rngs=rngs)
+
+
+def steps_per_epoch(cfg: Config, ds: Data) -> int:
+  full = data.steps_per_epoch(len(ds.y_train), cfg.batch_size)
+  return min(full, cfg.batches_per_epoch or full)
 
 
 def make_trainer(cfg: Config, ds: Data, method: str, seed: int):
-  steps = data.steps_per_epoch(len(ds.y_train), cfg.batch_size)
+  steps = steps_per_epoch(cfg, ds)
   lr = cfg.bp_lr if (method == "bp" and cfg.bp_lr is not None) else cfg.lr
   opt = train.OptimConfig(
       learning_rate=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
@@ -182,10 +195,11 @@ def make_trainer(cfg: Config, ds: Data, method: str, seed: int):
 def run_one(cfg: Config, ds: Data, method: str, seed: int, workdir) -> dict:
   """Trains one (method, seed); evaluates and logs diagnostics every epoch."""
   trainer, state = make_trainer(cfg, ds, method, seed)
-  steps = data.steps_per_epoch(len(ds.y_train), cfg.batch_size)
+  steps = steps_per_epoch(cfg, ds)
   step_fn = train.make_step_fn(trainer, jnp.asarray(ds.x_train), jnp.asarray(ds.y_train),
                                batch_size=cfg.batch_size, seed=seed,
-                               scan=cfg.model == "mlp")
+                               scan=cfg.model == "mlp",
+                               batches_per_epoch=cfg.batches_per_epoch)
   eval_batch = jax.jit(trainer.eval_batch)
   x_diag = jnp.asarray(ds.x_test[:cfg.diag_examples])
   y_diag = jnp.asarray(ds.y_test[:cfg.diag_examples])
@@ -210,6 +224,7 @@ def run_one(cfg: Config, ds: Data, method: str, seed: int, workdir) -> dict:
       out.update({f"cka_{l}": float(c) for l, c in enumerate(cka)})
     return out
 
+  initial = {"step": 0, **jax.device_get(eval_fn(state, 0))}  # the same init on resume
   state, history = loop.train(
       state, step_fn=step_fn, num_steps=cfg.epochs * steps, workdir=workdir,
       log_every=steps, checkpoint_every=steps * cfg.checkpoint_epochs,
@@ -221,7 +236,7 @@ def run_one(cfg: Config, ds: Data, method: str, seed: int, workdir) -> dict:
           "selected": chosen["test_" + _metric(cfg)],
           "selected_epoch": chosen["step"] // steps,
           "train_seconds": sum(r.get("chunk_s", 0.0) for r in history),
-          "history": epochs, "params": state["params"], "trainer": trainer}
+          "history": [initial] + epochs, "params": state["params"], "trainer": trainer}
 
 
 def _metric(cfg: Config) -> str:

@@ -127,24 +127,23 @@ def _nonzero_grads(model, term_fn):
   return _hits_per_term(model, lambda m: {"t": term_fn(m)})["t"]
 
 
-def _classifier_cases():
-  rngs = nnx.Rngs(0)
-  x_mlp = jax.random.normal(jax.random.key(0), (8, 20))
-  x_img = jax.random.normal(jax.random.key(0), (8, 32, 32, 3))
-  y = jnp.arange(8) % 4
-  return [
-      (CCLMLP((20, 16, 16, 12, 4), rngs=rngs), x_mlp, y,
-       losses.LossConfig(kind="mlp")),
-      (CCLCNN((32, 32, 3), 4, (4, 4, 8, 8, 8), rngs=rngs), x_img, y,
-       losses.LossConfig(kind="cnn", scale_c=1.0, scale_ssl=0.5)),
-      (CCLCNN((32, 32, 3), 4, (4, 4, 8, 8, 8), pool=True, rngs=rngs), x_img, y,
-       losses.LossConfig(kind="cnn", filter_target=True)),
-  ]
+_X_MLP = lambda: jax.random.normal(jax.random.key(0), (8, 20))
+_X_IMG = lambda: jax.random.normal(jax.random.key(0), (8, 32, 32, 3))
+_CASES = {  # name: (model factory, input factory, loss config)
+    "mlp": (lambda: CCLMLP((20, 16, 16, 12, 4), rngs=nnx.Rngs(0)), _X_MLP,
+            losses.LossConfig(kind="mlp")),
+    "cnn": (lambda: CCLCNN((32, 32, 3), 4, (4, 4, 8, 8, 8), rngs=nnx.Rngs(0)),
+            _X_IMG, losses.LossConfig(kind="cnn", scale_c=1.0, scale_ssl=0.5)),
+    "cnn_pool": (lambda: CCLCNN((32, 32, 3), 4, (4, 4, 8, 8, 8), pool=True,
+                                rngs=nnx.Rngs(0)),
+                 _X_IMG, losses.LossConfig(kind="cnn", filter_target=True)),
+}
 
 
-@pytest.mark.parametrize("case", range(3), ids=["mlp", "cnn", "cnn_pool"])
+@pytest.mark.parametrize("case", sorted(_CASES))
 def test_each_term_reaches_only_its_own_pair(case):
-  model, x, y, cfg = _classifier_cases()[case]
+  make_model, make_x, cfg = _CASES[case]
+  model, x, y = make_model(), make_x(), jnp.arange(8) % 4
   n_layers = model.num_layers
   hits = _hits_per_term(model, lambda m: losses.ccl_terms(m, x, y, cfg)[0])
   assert sorted(hits) == sorted([f"pair_{l}" for l in range(n_layers)] + ["ce"])
@@ -223,3 +222,13 @@ def test_unknown_loss_kind_is_rejected():
   with pytest.raises(ValueError, match="unknown loss kind"):
     losses.ccl_terms(model, jnp.zeros((1, 4)), jnp.zeros(1, int),
                      losses.LossConfig(kind="vae"))
+
+
+def test_normalised_losses_have_finite_gradients_at_zero_maps():
+  # A dead (all-zero) ReLU map or a filtered row must not turn gradients to nan.
+  a = jnp.zeros((2, 4, 4, 3)).at[0].set(1.0)
+  c = jax.random.normal(jax.random.key(0), (2, 4, 4, 3))
+  g = jax.grad(lambda a: losses.ae_pair_loss(a, c))(a)
+  assert np.all(np.isfinite(g))
+  g = jax.grad(lambda a: losses.cnn_pair_loss(a, c, jnp.array([0, 1])))(a)
+  assert np.all(np.isfinite(g))

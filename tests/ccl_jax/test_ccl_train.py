@@ -132,3 +132,13 @@ def test_short_ccl_run_on_digits_beats_chance_by_far():
   acc = train.evaluate(jax.jit(trainer.eval_batch), state["params"], xte,
                        te.labels)["acc"]
   assert acc >= 0.85, acc  # chance is 0.10; 200 steps reach ~0.95
+
+
+def test_epoch_batch_indices_uses_the_first_batches_of_each_epoch():
+  full = data.batch_indices(100, 10, 3, 0, 30)   # 3 epochs of 10 batches
+  capped = train.epoch_batch_indices(100, 10, 3, 0, 6, batches_per_epoch=2)
+  np.testing.assert_array_equal(capped, full[[0, 1, 10, 11, 20, 21]])
+  # A pure function of the step: a chunk starting mid-way gives the same rows.
+  np.testing.assert_array_equal(
+      train.epoch_batch_indices(100, 10, 3, 3, 3, batches_per_epoch=2), capped[3:])
+  np.testing.assert_array_equal(train.epoch_batch_indices(100, 10, 3, 0, 30), full)
