@@ -165,7 +165,7 @@ def scale_by_complex_momentum(
     >>> u, state = tx.update(jnp.ones(2), state)
     >>> u, state = tx.update(jnp.ones(2), state)
     >>> print(u)  # 1 + 0.9 cos(pi/8)
-    [1.8314925 1.8314925]
+    [1.8314916 1.8314916]
 
   References:
     Lorraine et al., `Complex Momentum for Optimization in Games
@@ -244,14 +244,14 @@ def complex_momentum(
 
   Examples:
     >>> import jax, jax.numpy as jnp, optax
-    >>> f = lambda w: jnp.sum(w ** 2)
+    >>> f = lambda w: jnp.sum(w ** 2)  # f(w0) = 5
     >>> tx = complex_momentum(0.1)
     >>> w = jnp.array([1.0, -2.0]); state = tx.init(w)
     >>> for _ in range(5):
     ...   u, state = tx.update(jax.grad(f)(w), state)
     ...   w = optax.apply_updates(w, u)
     >>> print(f"{f(w):.4f}")
-    0.0040
+    0.2368
 
   .. seealso:: :func:`scale_by_complex_momentum`.
   """

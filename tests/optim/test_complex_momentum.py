@@ -288,3 +288,9 @@ def _run_adam_real(g):
     u, state = tx.update(jnp.asarray(gt, jnp.float32), state)
     out.append(np.asarray(u))
   return out
+
+
+def test_docstring_examples():
+  import doctest  # pylint: disable=g-import-not-at-top
+  result = doctest.testmod(cm, optionflags=doctest.NORMALIZE_WHITESPACE)
+  assert result.attempted >= 2 and result.failed == 0
