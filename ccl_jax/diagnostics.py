@@ -47,7 +47,9 @@ def weight_alignment(model: CCLNet) -> Array:
   for layer in model.layers:
     f = layer.fwd.kernel[...]
     g = kernel_adjoint(layer.bwd.kernel[...])
-    cos.append(jnp.vdot(f, g) / (jnp.linalg.norm(f) * jnp.linalg.norm(g)))
+    # A zero kernel (the autoencoder's zero init) has cosine 0, not nan.
+    norms = jnp.maximum(jnp.linalg.norm(f) * jnp.linalg.norm(g), 1e-30)
+    cos.append(jnp.vdot(f, g) / norms)
   return jnp.stack(cos)
 
 
