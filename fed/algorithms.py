@@ -62,7 +62,7 @@ class FedState(NamedTuple):
 def phases(algorithm: str, tx: optax.GradientTransformation, *,
            personal_tx: optax.GradientTransformation | None = None,
            personal_steps: int | None = None, shared_steps: int | None = None,
-           prox: float = 0.0) -> tuple[sim.Phase, ...]:
+           prox: float | None = None) -> tuple[sim.Phase, ...]:
   """Local-training phases of an algorithm.
 
   Args:
@@ -72,7 +72,7 @@ def phases(algorithm: str, tx: optax.GradientTransformation, *,
     personal_steps / shared_steps: FedAlt's step caps per phase (None: one
       pass over the client's data each).
     prox: ``lambda`` of the proximal term on ``v`` towards its value at the
-      start of the round (FedSim, FedAlt's personal phase).
+      start of the round (FedSim, FedAlt's personal phase); None: no term.
   """
   if algorithm == "fedavg":
     return (sim.Phase("shared", tx),)
@@ -151,6 +151,8 @@ class FedAlgorithm:
     self._accumulate = jax.jit(lambda acc, u, u_i, w: jax.tree.map(
         lambda a, x, y: a + w * (x - y), acc, u, u_i))
     self._loop_trainer = sim.LoopTrainer(loss_fn, partition.merge, self.phases)
+    gather = jax.jit(lambda data, idx, perms: tuple(a[idx[:, None], perms] for a in data[:3]))
+    self._gather = lambda data, idx, perms: tuple(np.asarray(a) for a in gather(data, idx, perms))
 
   # -- state -----------------------------------------------------------------
 
@@ -173,24 +175,22 @@ class FedAlgorithm:
   # -- one round -------------------------------------------------------------
 
   def _prepare(self, state: FedState, data: sim.ClientData):
-    num_clients = data.mask.shape[0]
+    """Sampled clients, their batch orders, starting ``v``, weights and lr scale."""
+    num_clients, steps = data.mask.shape[:2]
     idx = self.sample(state, num_clients)
-    sel = data.select(idx)
-    steps = sel.mask.shape[1]
     # A fresh batch order per client and round (one sort of uniform draws).
     order_key = jax.random.fold_in(jax.random.fold_in(state.key, state.round), 1)
     perms = jnp.argsort(jax.random.uniform(order_key, (self.clients_per_round, steps)), axis=1)
-    reorder = jax.vmap(lambda a, p: a[p])
-    x, y, mask = reorder(sel.x, perms), reorder(sel.y, perms), reorder(sel.mask, perms)
     if self.stateful:
       v = pz.gather(state.personal, idx)
     else:
       v = pz.stack(state.personal, self.clients_per_round)
+    mask = data.mask[idx]
     weights = {"examples": mask.sum(axis=(1, 2)), "batches": mask.any(axis=2).sum(axis=1),
                "uniform": jnp.ones(self.clients_per_round)}[self.weighting].astype(jnp.float32)
     lr_scale = (jnp.ones((), jnp.float32) if self.client_lr_schedule is None
                 else jnp.asarray(self.client_lr_schedule(state.round), jnp.float32))
-    return idx, v, (x, y, mask), weights, lr_scale
+    return idx, perms, v, weights, lr_scale
 
   def _finish(self, state: FedState, idx, delta_sum, new_v, losses, weights):
     total = jnp.maximum(weights.sum(), 1e-12)
@@ -204,23 +204,26 @@ class FedAlgorithm:
                     state.key), metrics
 
   def _client(self, broadcast, client):
-    u, frozen, lr_scale = broadcast
-    v, x, y, mask = client
+    u, frozen, lr_scale, data = broadcast
+    v, i, perm = client
+    # Each client gathers its own batches, so the sampled data is never copied as a whole.
+    x, y, mask = (a[i][perm] for a in data)
     u_i, v_i, metrics = sim.local_train(self.loss_fn, self.partition.merge, self.phases, u, v,
                                         frozen, x, y, mask, epochs=self.epochs, lr_scale=lr_scale)
     return _sub(u, u_i), (v_i, metrics)
 
   def _round(self, state: FedState, data: sim.ClientData) -> tuple[FedState, dict]:
-    idx, v, (x, y, mask), weights, lr_scale = self._prepare(state, data)
+    idx, perms, v, weights, lr_scale = self._prepare(state, data)
+    broadcast = (state.shared, state.frozen, lr_scale, (data.x, data.y, data.mask))
     delta_sum, (new_v, losses) = sim.map_clients(
-        self._client, (state.shared, state.frozen, lr_scale), (v, x, y, mask), weights,
-        chunk_size=self.chunk_size, mesh=self.mesh)
+        self._client, broadcast, (v, idx, perms), weights, chunk_size=self.chunk_size,
+        mesh=self.mesh)
     return self._finish(state, idx, delta_sum, new_v, losses, weights)
 
   def loop_round(self, state: FedState, data: sim.ClientData) -> tuple[FedState, dict]:
     """`round` with a Python loop over clients and steps (FedJAX's jit backend)."""
-    idx, v, (x, y, mask), weights, lr_scale = self._prepare_jit(state, data)
-    x, y, mask = np.asarray(x), np.asarray(y), np.asarray(mask)
+    idx, perms, v, weights, lr_scale = self._prepare_jit(state, data)
+    x, y, mask = self._gather(data, idx, perms)
     acc = jax.tree.map(jnp.zeros_like, state.shared)
     new_vs, losses = [], []
     for i in range(self.clients_per_round):

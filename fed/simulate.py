@@ -85,7 +85,8 @@ class Phase:
     max_steps: cap on the number of real steps (None: every real batch of
       every epoch).
     prox: coefficient ``lambda`` of ``(lambda/2) ||w - w_0||^2``, with ``w_0``
-      the regularized block's value at the start of the phase (0: none).
+      the regularized block's value at the start of the phase (None: no
+      proximal term, and no copy of ``w_0`` is kept).
     prox_block: which block the proximal term acts on (``'shared'``,
       ``'personal'`` or ``'all'``; None: the trained block).
   """
@@ -93,7 +94,7 @@ class Phase:
   train: str
   tx: optax.GradientTransformation
   max_steps: int | None = None
-  prox: float = 0.0
+  prox: float | None = None
   prox_block: str | None = None
 
   @property
@@ -105,7 +106,7 @@ class Phase:
       raise ValueError(f"Phase.train must be one of {TRAIN_BLOCKS}, got {self.train!r}.")
     if self.max_steps is not None and self.max_steps < 0:
       raise ValueError(f"Phase.max_steps must be >= 0 or None, got {self.max_steps}.")
-    if self.prox < 0:
+    if self.prox is not None and self.prox < 0:
       raise ValueError(f"Phase.prox must be >= 0, got {self.prox}.")
     if self.prox_block not in (None,) + TRAIN_BLOCKS:
       raise ValueError(f"Phase.prox_block must be None or one of {TRAIN_BLOCKS}, "
@@ -116,7 +117,6 @@ class LocalState(NamedTuple):
   u: Any
   v: Any
   opt_state: Any
-  start: Any  # the regularized block at the start of the phase (prox centre)
   steps: jax.Array  # real steps taken in this phase
 
 
@@ -142,31 +142,38 @@ def _sq_dist(a, b) -> jax.Array:
              jnp.zeros(()))
 
 
-def phase_init(phase: Phase, u, v) -> LocalState:
-  return LocalState(u, v, phase.tx.init(_take(phase.train, u, v)),
-                    _take(phase.regularized, u, v), jnp.zeros((), jnp.int32))
+def phase_init(phase: Phase, u, v) -> tuple[LocalState, Any]:
+  """``(state, centre)``: fresh optimizer state, and the proximal centre (None without prox)."""
+  centre = None if phase.prox is None else _take(phase.regularized, u, v)
+  return (LocalState(u, v, phase.tx.init(_take(phase.train, u, v)), jnp.zeros((), jnp.int32)),
+          centre)
 
 
-def phase_step(loss_fn: LossFn, merge: MergeFn, phase: Phase, state: LocalState, frozen, x, y,
-               mask, lr_scale) -> tuple[LocalState, jax.Array, jax.Array]:
-  """One (possibly inactive) local step. Returns ``(state, loss, active)``."""
+def phase_step(loss_fn: LossFn, merge: MergeFn, phase: Phase, state: LocalState, centre, frozen,
+               x, y, mask, lr_scale) -> tuple[LocalState, jax.Array, jax.Array]:
+  """One (possibly inactive) local step. Returns ``(state, loss, active)``.
+
+  An inactive step adds a zero update (``where``, so a non-finite gradient
+  cannot leak in) and keeps the old optimizer state.
+  """
   w = _take(phase.train, state.u, state.v)
 
   def objective(w):
     u, v = _put(phase.train, w, state.u, state.v)
     loss = masked_mean(loss_fn(merge(u, v, frozen), x, y), mask)
-    reg = _sq_dist(_take(phase.regularized, u, v), state.start)
+    if centre is None:
+      return loss, loss
+    reg = _sq_dist(_take(phase.regularized, u, v), centre)
     return loss + 0.5 * phase.prox * reg, loss
 
   (_, loss), grads = jax.value_and_grad(objective, has_aux=True)(w)
   updates, opt_state = phase.tx.update(grads, state.opt_state, w)
-  updates = jax.tree.map(lambda g: lr_scale * g, updates)
-  u, v = _put(phase.train, optax.apply_updates(w, updates), state.u, state.v)
   cap = _NO_CAP if phase.max_steps is None else phase.max_steps
   active = jnp.any(mask) & (state.steps < cap)
-  new = LocalState(u, v, opt_state, state.start, state.steps + 1)
-  state = jax.tree.map(lambda a, b: jnp.where(active, a, b), new, state)
-  return state, loss, active
+  updates = jax.tree.map(lambda g: jnp.where(active, lr_scale * g, jnp.zeros_like(g)), updates)
+  u, v = _put(phase.train, optax.apply_updates(w, updates), state.u, state.v)
+  opt_state = jax.tree.map(lambda a, b: jnp.where(active, a, b), opt_state, state.opt_state)
+  return LocalState(u, v, opt_state, state.steps + active.astype(jnp.int32)), loss, active
 
 
 def local_train(loss_fn: LossFn, merge: MergeFn, phases: Sequence[Phase], u, v, frozen, x, y,
@@ -181,13 +188,14 @@ def local_train(loss_fn: LossFn, merge: MergeFn, phases: Sequence[Phase], u, v, 
   num = mask.shape[0]
   metrics = {}
   for k, phase in enumerate(phases):
-    def body(state, t, phase=phase):
+    state, centre = phase_init(phase, u, v)
+
+    def body(state, t, phase=phase, centre=centre):
       i = t % num
-      state, loss, active = phase_step(loss_fn, merge, phase, state, frozen, x[i], y[i],
+      state, loss, active = phase_step(loss_fn, merge, phase, state, centre, frozen, x[i], y[i],
                                        mask[i], lr_scale)
       return state, (loss, active)
-    state, (losses, active) = jax.lax.scan(body, phase_init(phase, u, v),
-                                           jnp.arange(epochs * num))
+    state, (losses, active) = jax.lax.scan(body, state, jnp.arange(epochs * num))
     u, v = state.u, state.v
     metrics[f"loss_{k}"] = masked_mean(losses, active)
     metrics[f"steps_{k}"] = state.steps
@@ -280,14 +288,14 @@ class LoopTrainer:
     lr_scale = jnp.asarray(lr_scale, jnp.float32)
     metrics = {}
     for k, phase in enumerate(self.phases):
-      state = self._init[k](u, v)
+      state, centre = self._init[k](u, v)
       cap = _NO_CAP if phase.max_steps is None else phase.max_steps
       losses = []
       for _ in range(epochs):
         for s in range(mask.shape[0]):
           if not mask[s].any() or len(losses) >= cap:
             continue
-          state, loss, _ = self._step[k](state, frozen, x[s], y[s], mask[s], lr_scale)
+          state, loss, _ = self._step[k](state, centre, frozen, x[s], y[s], mask[s], lr_scale)
           losses.append(loss)
       u, v = state.u, state.v
       metrics[f"loss_{k}"] = jnp.mean(jnp.stack(losses)) if losses else jnp.zeros(())
