@@ -109,8 +109,8 @@ PRESETS = {
                     stateless=False, finetune_epochs=3),
     "fmnist": Config(rounds=50),
     "shakespeare": Config(task="shakespeare", num_clients=40, clients_per_round=10,
-                          max_client_examples=64, batch_size=8, hidden=(128,), pretrain_rounds=150,
-                          rounds=40, pretrain_lr=1.0, client_lr=1.0, personal_lr=1.0,
+                          max_client_examples=64, batch_size=8, hidden=(128,), pretrain_rounds=100,
+                          rounds=30, pretrain_lr=1.0, client_lr=1.0, personal_lr=1.0,
                           finetune_lr=1.0, splits=("input", "output", "adapter"), stateless=False),
     "paper": Config(pretrain_rounds=500, rounds=200),
 }
