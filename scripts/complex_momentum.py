@@ -5,7 +5,8 @@
     radius of the linearised update against the reference table, and heatmaps
     over (|beta|, arg beta) at several step sizes.
 (b) Quadratic games x'(gA)y + x'((1-g)B)x - y'((1-g)C)y from cooperative (g=0)
-    to adversarial (g=1): steps to converge vs g, best step size per method.
+    to adversarial (g=1): steps to converge and spectral radius vs g, best step
+    size and beta per method class (GD, positive, negative, complex momentum).
 (c) GAN on a ring of 8 Gaussians: Adam (beta1=0) vs complex Adam vs real-momentum
     Adam over several seeds; modes covered and fraction of high-quality samples.
 (d) Small MLP GAN on Fashion-MNIST with the same three optimizers, scored by an
