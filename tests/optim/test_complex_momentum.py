@@ -294,3 +294,23 @@ def test_docstring_examples():
   import doctest  # pylint: disable=g-import-not-at-top
   result = doctest.testmod(cm, optionflags=doctest.NORMALIZE_WHITESPACE)
   assert result.attempted >= 2 and result.failed == 0
+
+
+@pytest.mark.parametrize("make", [
+    lambda: cm.complex_momentum(0.1, 0.9, PI8),
+    lambda: cm.complex_momentum(0.1, 0.9, PI8, complex_buffer=True),
+    lambda: cm.complex_adam(0.1, 0.8, PI8),
+], ids=["cm", "cm_complex", "cadam"])
+def test_state_and_updates_keep_the_parameter_sharding(make):
+  from common import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
+  mesh = mesh_lib.make_mesh({mesh_lib.DATA: 8})
+  sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(mesh_lib.DATA))
+  params = {"w": jax.device_put(jnp.ones((16, 4)), sharding)}
+  grads = {"w": jax.device_put(jnp.full((16, 4), 0.5), sharding)}
+  tx = make()
+  state = jax.jit(tx.init)(params)
+  updates, state = jax.jit(tx.update)(grads, state, params)
+  assert updates["w"].sharding.is_equivalent_to(sharding, 2)
+  for leaf in jax.tree.leaves(state):
+    if leaf.ndim == 2:
+      assert leaf.sharding.is_equivalent_to(sharding, 2)
