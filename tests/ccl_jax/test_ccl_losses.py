@@ -117,10 +117,18 @@ def _hits(grads):
 
 
 def _hits_per_term(model, terms_fn):
-  """{term name: set of (layer, side) it reaches}, from one jitted Jacobian."""
+  """{term name: set of (layer, side) it reaches}.
+
+  One jitted gradient of a weighted sum of the terms, called once per term
+  with one-hot weights (a Jacobian would vmap the conv backward, a slow path
+  on XLA:CPU).
+  """
   graphdef, params = nnx.split(model)
-  jac = jax.jit(jax.jacrev(lambda p: terms_fn(nnx.merge(graphdef, p))))(params)
-  return {name: _hits(g) for name, g in jac.items()}
+  f = lambda p: terms_fn(nnx.merge(graphdef, p))
+  names = list(jax.eval_shape(f, params))
+  grad_w = jax.jit(jax.grad(lambda p, w: sum(w[k] * v for k, v in f(p).items())))
+  return {n: _hits(grad_w(params, {k: jnp.float32(k == n) for k in names}))
+          for n in names}
 
 
 def _nonzero_grads(model, term_fn):
@@ -132,9 +140,9 @@ _X_IMG = lambda: jax.random.normal(jax.random.key(0), (8, 32, 32, 3))
 _CASES = {  # name: (model factory, input factory, loss config)
     "mlp": (lambda: CCLMLP((20, 16, 16, 12, 4), rngs=nnx.Rngs(0)), _X_MLP,
             losses.LossConfig(kind="mlp")),
-    "cnn": (lambda: CCLCNN((32, 32, 3), 4, (4, 4, 8, 8, 8), rngs=nnx.Rngs(0)),
+    "cnn": (lambda: CCLCNN((32, 32, 3), 4, (4,) * 5, rngs=nnx.Rngs(0)),
             _X_IMG, losses.LossConfig(kind="cnn", scale_c=1.0, scale_ssl=0.5)),
-    "cnn_pool": (lambda: CCLCNN((32, 32, 3), 4, (4, 4, 8, 8, 8), pool=True,
+    "cnn_pool": (lambda: CCLCNN((32, 32, 3), 4, (4,) * 5, pool=True,
                                 rngs=nnx.Rngs(0)),
                  _X_IMG, losses.LossConfig(kind="cnn", filter_target=True)),
 }
@@ -158,7 +166,7 @@ def test_each_term_reaches_only_its_own_pair(case):
 
 
 def test_autoencoder_terms_are_local():
-  model = CCLAutoencoder(1, (4, 8), rngs=nnx.Rngs(0))
+  model = CCLAutoencoder(1, (4, 4), rngs=nnx.Rngs(0))
   # Break the zero / tiny reference init so that every gradient is visible.
   graphdef, params = nnx.split(model)
   leaves, tree = jax.tree.flatten(params)
@@ -181,15 +189,15 @@ def test_bp_loss_is_end_to_end_backprop_of_the_forward_net():
   x = np.random.default_rng(5).normal(size=(3, 4)).astype(np.float32)
   y = jnp.array([1, 0, 1])
   graphdef, params = nnx.split(model)
-  bp_grads = nnx.to_pure_dict(jax.grad(
+  bp_grads = nnx.to_pure_dict(jax.jit(jax.grad(
       lambda p: losses.bp_loss(nnx.merge(graphdef, p), x, y,
-                               losses.LossConfig())[0])(params))
+                               losses.LossConfig())[0]))(params))
 
   def plain_mlp(w0, w1):  # written independently of the model code
     logits = jax.nn.elu(x @ w0) @ w1
     return losses.cross_entropy(logits, y)
 
-  g0, g1 = jax.grad(plain_mlp, argnums=(0, 1))(
+  g0, g1 = jax.jit(jax.grad(plain_mlp, argnums=(0, 1)))(
       jnp.asarray(w["fwd", 0], jnp.float32), jnp.asarray(w["fwd", 1], jnp.float32))
   np.testing.assert_allclose(bp_grads["layers"][0]["fwd"]["kernel"], g0, rtol=1e-5)
   np.testing.assert_allclose(bp_grads["layers"][1]["fwd"]["kernel"], g1, rtol=1e-5)
@@ -199,22 +207,6 @@ def test_bp_loss_is_end_to_end_backprop_of_the_forward_net():
   # with them (CCL), only the output layer.
   ce_hit = _nonzero_grads(model, lambda m: losses.cross_entropy(m(x), y))
   assert ce_hit == {(0, "fwd"), (1, "fwd")}
-
-
-def test_feedback_input_is_identity_regardless_of_batch():
-  model = CCLMLP((6, 5, 3), rngs=nnx.Rngs(0))
-  cfg = losses.LossConfig()
-  x = jax.random.normal(jax.random.key(0), (4, 6))
-  t1, _ = losses.ccl_terms(model, x, jnp.array([0, 0, 0, 0]), cfg)
-  # Swapping the batch labels changes the loss only through the targets,
-  # so the pair-0 loss with all-zero inputs is label independent.
-  z = jnp.zeros_like(x)
-  a, _ = losses.ccl_terms(model, z, jnp.array([0, 1, 2, 0]), cfg)
-  b, _ = losses.ccl_terms(model, z, jnp.array([2, 2, 1, 1]), cfg)
-  np.testing.assert_allclose(a["pair_0"], b["pair_0"])
-  sigs = model.feedback(jnp.eye(3))
-  assert [s.shape for s in sigs] == [(3, 6), (3, 5), (3, 3)]
-  assert float(t1["ce"]) > 0
 
 
 def test_unknown_loss_kind_is_rejected():
@@ -228,7 +220,7 @@ def test_normalised_losses_have_finite_gradients_at_zero_maps():
   # A dead (all-zero) ReLU map or a filtered row must not turn gradients to nan.
   a = jnp.zeros((2, 4, 4, 3)).at[0].set(1.0)
   c = jax.random.normal(jax.random.key(0), (2, 4, 4, 3))
-  g = jax.grad(lambda a: losses.ae_pair_loss(a, c))(a)
+  g = jax.jit(jax.grad(lambda a: losses.ae_pair_loss(a, c)))(a)
   assert np.all(np.isfinite(g))
-  g = jax.grad(lambda a: losses.cnn_pair_loss(a, c, jnp.array([0, 1])))(a)
+  g = jax.jit(jax.grad(lambda a: losses.cnn_pair_loss(a, c, jnp.array([0, 1]))))(a)
   assert np.all(np.isfinite(g))

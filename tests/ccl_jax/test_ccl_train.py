@@ -115,6 +115,7 @@ def test_warmup_scales_the_loss_before_clipping(tiny):
   assert float(jnp.max(jnp.abs(delta_full["layers"][0]["fwd"]["kernel"]))) > 1e-5
 
 
+@pytest.mark.slow
 def test_short_ccl_run_on_digits_beats_chance_by_far():
   tr, te = data.load("digits", "train"), data.load("digits", "test")
   mean, std = data.to_float(tr.images).mean(), data.to_float(tr.images).std()
