@@ -31,6 +31,9 @@ from flax import nnx
 from nas import encoding
 
 
+TEACHER_PRNG = "rbg"  # PRNG implementation for the random teachers
+
+
 @dataclasses.dataclass(frozen=True)
 class AEConfig:
   """Sizes of the autoencoder."""
@@ -164,9 +167,10 @@ def make_step_fn(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, *, ba
   """A `common.loop.train` step function; teachers are drawn inside the jitted step.
 
   The teacher batch of absolute step ``s`` comes from ``fold_in(key(seed), s)``,
-  so a resumed run sees the same batches.
+  so a resumed run sees the same batches. The keys use the ``rbg`` generator:
+  on XLA:CPU it compiles about 5x faster than the default threefry.
   """
-  base = jax.random.key(seed)
+  base = jax.random.key(seed, impl=TEACHER_PRNG)
 
   def one_step(state, step):
     batch = encoding.sample_teachers(jax.random.fold_in(base, step), batch_size, num_points)
@@ -201,7 +205,7 @@ def make_eval_fn(graphdef: nnx.GraphDef, *, seed: int, nets_per_depth: int,
   "heldout_loss_normalized", "heldout_loss_depth<L>"}`` (per-net min-over-decoder
   MSE; normalized divides each by ``var(y) + 1``).
   """
-  key = jax.random.key(seed)
+  key = jax.random.key(seed, impl=TEACHER_PRNG)
   batches = [encoding.sample_teachers(jax.random.fold_in(key, d), nets_per_depth, num_points, depth=d)
              for d in range(1, encoding.MAX_DEPTH + 1)]
 

@@ -48,17 +48,19 @@ def trainable_mask(net: encoding.Net) -> Trainable:
 
 
 def train(net: encoding.Net, x: jax.Array, y: jax.Array, *, steps: int, learning_rate: float | jax.Array,
-          keep: Trainable | None = None) -> tuple[encoding.Net, jax.Array]:
+          keep: Trainable | None = None, activation: str | None = None) -> tuple[encoding.Net, jax.Array]:
   """Full-batch Adam on the MSE over the entries selected by ``keep`` (default: all real ones).
 
-  Returns the trained net and the MSE before each step ``[steps]``.
+  ``activation`` names the net's single activation (a faster forward pass;
+  None reads ``net.act``). Returns the trained net and the MSE before each
+  step ``[steps]``.
   """
   keep = trainable_mask(net) if keep is None else keep
   tx = optax.adam(learning_rate)
   theta = Trainable(net.w * keep.w, net.b * keep.b)
 
   def loss_fn(theta):
-    return jnp.mean((encoding.forward(net._replace(w=theta.w, b=theta.b), x) - y) ** 2)
+    return jnp.mean((encoding.forward(net._replace(w=theta.w, b=theta.b), x, activation) - y) ** 2)
 
   def step(carry, _):
     theta, opt_state = carry
@@ -89,7 +91,7 @@ def magnitude_prune(net: encoding.Net, target: jax.Array | int) -> tuple[encodin
   real = trainable_mask(net)
   hidden_b = real.b.at[depth].set(0.0)
   mags = jnp.concatenate([(jnp.abs(net.w) * real.w).ravel(), (jnp.abs(net.b) * hidden_b).ravel()])
-  n_keep = jnp.clip(jnp.asarray(target) - 1, 0, mags.size)
+  n_keep = jnp.clip(jnp.asarray(target, jnp.int32) - 1, 0, mags.size)
   ranked = jnp.sort(mags)[::-1]
   cut = jnp.where(n_keep > 0, ranked[jnp.maximum(n_keep - 1, 0)], jnp.inf)
   cut = jnp.maximum(cut, jnp.finfo(mags.dtype).tiny)  # never keep exact zeros

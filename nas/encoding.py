@@ -143,26 +143,54 @@ def decode(tensor: jax.Array, depth: int) -> Net:
   return parse(tensor[..., 0], depth)
 
 
+_FNS = {"sigmoid": jax.nn.sigmoid, "tanh": jnp.tanh,
+        "leaky_relu": lambda v: jax.nn.leaky_relu(v, LEAKY_SLOPE)}
+
+
 def activate(pre: jax.Array, act: jax.Array) -> jax.Array:
   """Mix of sigmoid, tanh and leaky ReLU of ``pre`` with weights ``act[..., 3]``."""
-  outs = jnp.stack([jax.nn.sigmoid(pre), jnp.tanh(pre), jax.nn.leaky_relu(pre, LEAKY_SLOPE)], -1)
+  outs = jnp.stack([_FNS[name](pre) for name in ACTIVATIONS], -1)
   return jnp.sum(outs * act, axis=-1)
 
 
-def forward(net: Net, x: jax.Array) -> jax.Array:
-  """Outputs ``[N]`` of one net on inputs ``x`` ``[N, 2]`` (soft activations, soft masks)."""
+def forward(net: Net, x: jax.Array, activation: str | None = None) -> jax.Array:
+  """Outputs ``[N]`` of one net on inputs ``x`` ``[N, 2]`` (soft activations, soft masks).
+
+  With ``activation`` (one of `ACTIVATIONS`) every neuron uses that function
+  and ``net.act`` is ignored: a cheaper path for nets with one fixed activation.
+  """
   depth = depth_of(net)
   h = x @ net.w[0, :NUM_INPUTS]
   for l in range(depth):
     if l:
       h = h @ net.w[l]
-    h = activate(h + net.b[l], net.act[l]) * net.mask[l]
+    pre = h + net.b[l]
+    h = (activate(pre, net.act[l]) if activation is None else _FNS[activation](pre)) * net.mask[l]
   return h @ net.w[depth, :, 0] + net.b[depth, 0]
 
 
 def batched_forward(nets: Net, x: jax.Array) -> jax.Array:
   """Outputs ``[B, N]`` of a batch of nets on shared inputs ``x`` ``[N, 2]``."""
   return jax.vmap(forward, in_axes=(0, None))(nets, x)
+
+
+def _draws(key: jax.Array, batch: tuple[int, ...] = ()) -> dict[str, jax.Array]:
+  """Every random number a max-depth teacher needs (one call per kind, so jit compiles fast)."""
+  kw, kd, kb, km, ka = jax.random.split(key, 5)
+  layers = (*batch, MAX_DEPTH + 1)
+  return {"w": jax.random.uniform(kw, (*layers, H, H), minval=-5.0, maxval=5.0),
+          "keep": jax.random.uniform(kd, (*layers, H, H)),
+          "b": jax.random.uniform(kb, (*layers, H), minval=-1.0, maxval=1.0),
+          "mask": jax.random.bernoulli(km, 0.5, (*batch, MAX_DEPTH, H)).astype(jnp.float32),
+          "act": jax.random.randint(ka, (*batch, MAX_DEPTH, H), 0, NUM_ACTS)}
+
+
+def _assemble(draws: dict[str, jax.Array], depth: int, sparsity: jax.Array | float) -> Net:
+  real = real_entries(depth)
+  w = draws["w"][..., :depth + 1, :, :] * (draws["keep"][..., :depth + 1, :, :] >= sparsity)
+  return Net(w=w * real.w, b=draws["b"][..., :depth + 1, :] * real.b,
+             act=jax.nn.one_hot(draws["act"][..., :depth, :], NUM_ACTS),
+             mask=draws["mask"][..., :depth, :])
 
 
 def random_net(key: jax.Array, depth: int, sparsity: jax.Array | float) -> Net:
@@ -172,14 +200,8 @@ def random_net(key: jax.Array, depth: int, sparsity: jax.Array | float) -> Net:
   ``U(-1, 1)``; neuron masks ``Bernoulli(0.5)``; each neuron's activation
   uniformly one of the three. Padding entries are zero.
   """
-  real = real_entries(depth)
-  kw, kd, kb, km, ka = jax.random.split(key, 5)
-  w = jax.random.uniform(kw, real.w.shape, minval=-5.0, maxval=5.0)
-  w = w * (jax.random.uniform(kd, real.w.shape) >= sparsity)
-  b = jax.random.uniform(kb, real.b.shape, minval=-1.0, maxval=1.0)
-  mask = jax.random.bernoulli(km, 0.5, real.mask.shape).astype(jnp.float32)
-  act = jax.nn.one_hot(jax.random.randint(ka, (depth, H), 0, NUM_ACTS), NUM_ACTS)
-  return Net(w * real.w, b * real.b, act, mask)
+  _check_depth(depth)
+  return _assemble(_draws(key), depth, sparsity)
 
 
 class TeacherBatch(NamedTuple):
@@ -202,19 +224,19 @@ def sample_teachers(key: jax.Array, batch_size: int, num_points: int,
   kdepth, ksp, knets, kx = jax.random.split(key, 4)
   sparsity = jnp.asarray(SPARSITIES)[jax.random.randint(ksp, (), 0, len(SPARSITIES))]
   x = jax.random.uniform(kx, (num_points, NUM_INPUTS), minval=-1.0, maxval=1.0)
-  keys = jax.random.split(knets, batch_size)
+  draws = _draws(knets, (batch_size,))
 
   def branch(d):
-    def make(keys, sparsity, x):
-      nets = jax.vmap(lambda k: random_net(k, d, sparsity))(keys)
+    def make(draws, sparsity, x):
+      nets = _assemble(draws, d, sparsity)
       return encode(nets), batched_forward(nets, x)
     return make
 
   if depth is not None:
     _check_depth(depth)
-    tensors, y = branch(depth)(keys, sparsity, x)
+    tensors, y = branch(depth)(draws, sparsity, x)
     return TeacherBatch(tensors, x, y, jnp.asarray(depth, jnp.int32))
   depth_arr = jax.random.randint(kdepth, (), 1, MAX_DEPTH + 1)
   tensors, y = jax.lax.switch(depth_arr - 1, [branch(d) for d in range(1, MAX_DEPTH + 1)],
-                              keys, sparsity, x)
+                              draws, sparsity, x)
   return TeacherBatch(tensors, x, y, depth_arr)

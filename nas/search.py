@@ -176,6 +176,6 @@ def hard_net(raw: jax.Array, depth: int, threshold: jax.Array) -> encoding.Net:
 
 def count(net: encoding.Net) -> dict[str, jax.Array]:
   """Active hidden neurons and non-zero parameters (weights + active biases + output bias)."""
-  active = jnp.sum(net.mask)
-  weights = jnp.sum(net.w != 0)
+  active = jnp.sum(net.mask != 0, dtype=jnp.int32)
+  weights = jnp.sum(net.w != 0, dtype=jnp.int32)
   return {"active_neurons": active, "nonzero_params": weights + active + 1}

@@ -55,16 +55,16 @@ class Config:
   functions: tuple[str, ...] = tuple(fns.FUNCTIONS)
   n_train: int = 3750
   n_test: int = 1250
-  search_steps: int = 1200
-  search_warmup: int = 500
-  anneal_steps: int = 500
+  search_steps: int = 1000
+  search_warmup: int = 400
+  anneal_steps: int = 400
   lr_z: float = 0.1
   lr_t: float = 1e-3
   # Baselines.
-  dense_steps: int = 2000
+  dense_steps: int = 1000  # full-batch Adam steps (the search's budget)
   dense_lr: float = 1e-2
   dense_activation: str = "tanh"
-  finetune_steps: int = 500  # Adam steps after magnitude pruning (mask fixed)
+  finetune_steps: int = 300  # Adam steps after magnitude pruning (mask fixed)
   seed: int = 0
   log_every: int = 50
   checkpoint_every: int = 500
@@ -166,11 +166,13 @@ def run_baselines(cfg: Config, data: list[fns.Dataset], targets: dict[int, np.nd
     @jax.jit
     def fit(key, x, y, target, depth=depth):
       dense, _ = baselines.train(baselines.dense_net(key, depth, cfg.dense_activation), x, y,
-                                 steps=cfg.dense_steps, learning_rate=cfg.dense_lr)
+                                 steps=cfg.dense_steps, learning_rate=cfg.dense_lr,
+                                 activation=cfg.dense_activation)
       pruned, keep = baselines.magnitude_prune(dense, target)
       tuned = pruned
       if cfg.finetune_steps:
-        tuned, _ = baselines.train(pruned, x, y, steps=cfg.finetune_steps, learning_rate=cfg.dense_lr, keep=keep)
+        tuned, _ = baselines.train(pruned, x, y, steps=cfg.finetune_steps, learning_rate=cfg.dense_lr,
+                                   keep=keep, activation=cfg.dense_activation)
       counts = jnp.stack([baselines.count(n) for n in (dense, pruned, tuned)])
       return dense, pruned, tuned, counts
 
@@ -280,13 +282,16 @@ def _write_figures(cfg, run, history, rows, data, found, chosen_depth) -> None:
                   run.path("ae_heldout_loss.png"), xlabel="autoencoder step", logy=True,
                   ylabel="min-over-decoders loss", title="Functional loss on held-out random MLPs")
   order = np.argsort([r["swat_test_mse"] for r in rows])
-  picks = [int(i) for i in order[:3]] + [int(order[-1])]
+  picks = list(dict.fromkeys([int(i) for i in order[:3]] + [int(order[-1])]))  # 3 best fits, the worst
   nets = [jax.tree.map(lambda v, i=i: v[i], found[int(chosen_depth[i])]["nets"]) for i in picks]
   figures.architectures(nets, [rows[i]["function"] for i in picks], run.path("architectures.png"))
   figures.surfaces(nets, [data[i] for i in picks], run.path("surfaces.png"))
-  traces = {rows[i]["function"]: found[int(chosen_depth[i])]["trace"] for i in picks}
-  x = (np.arange(len(next(iter(traces.values()))["mse"])) + 1) * cfg.search_config().record_every
-  plots.line_plot({name: (x, tr["mse"][picks[k]]) for k, (name, tr) in enumerate(traces.items())},
+  every = cfg.search_config().record_every
+  series = {}
+  for i in picks:
+    y = np.asarray(found[int(chosen_depth[i])]["trace"]["mse"][i])
+    series[f"{rows[i]['function']} (depth {rows[i]['depth']})"] = (np.arange(1, len(y) + 1) * every, y)
+  plots.line_plot(series,
                   run.path("search_mse.png"), xlabel="search step", ylabel="train MSE (soft model)",
                   title="Latent search at the chosen depth", logy=True)
 

@@ -13,6 +13,11 @@ from nas import encoding as enc
 TINY = ae.AEConfig(d_model=16, num_heads=2, enc_layers=1, dec_layers=1, mlp_ratio=2)
 
 
+def _key(seed):
+  """Fast-compiling keys for the teacher generator (threefry compiles slowly on CPU)."""
+  return jax.random.key(seed, impl="rbg")
+
+
 def test_shapes_and_min_over_decoders():
   model = ae.Autoencoder(TINY, rngs=nnx.Rngs(0))
   graphdef, params = nnx.split(model)
@@ -20,7 +25,7 @@ def test_shapes_and_min_over_decoders():
   @jax.jit
   def run(params):
     model = nnx.merge(graphdef, params)
-    batch = enc.sample_teachers(jax.random.key(1), 8, 40)
+    batch = enc.sample_teachers(_key(1), 8, 40)
     z = model.encode(batch.tensors)
     return batch, z, model.decode(z, 2), ae.decoder_losses(model, z, batch.x, batch.y)
 
@@ -48,7 +53,7 @@ def test_zero_loss_when_a_decoder_reproduces_the_teacher():
     big = enc.encode(nets._replace(act=30.0 * (nets.act - 0.5), mask=60.0 * (nets.mask - 0.5)))[..., 0]
     return enc.batched_forward(ae.soft_net(big, 3), batch.x), batch.y
 
-  pred, y = run(jax.random.key(2))
+  pred, y = run(_key(2))
   np.testing.assert_allclose(np.asarray(pred), np.asarray(y), rtol=1e-4, atol=1e-4)
 
 

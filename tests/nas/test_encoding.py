@@ -7,8 +7,12 @@ import pytest
 
 from nas import encoding as enc
 
-
 _fwd = jax.jit(enc.forward)
+
+
+def _key(seed):
+  """Fast-compiling keys for the teacher generator (threefry compiles slowly on CPU)."""
+  return jax.random.key(seed, impl="rbg")
 
 
 def _np_forward(net, x):
@@ -29,7 +33,7 @@ def _np_forward(net, x):
 
 @pytest.mark.parametrize("depth", [1, 2, 3, 4])
 def test_round_trip_layout_and_forward(depth):
-  net = jax.jit(enc.random_net, static_argnums=1)(jax.random.key(depth), depth, 0.2)
+  net = jax.jit(enc.random_net, static_argnums=1)(_key(depth), depth, 0.2)
   tensor = jax.jit(enc.encode)(net)
   assert tensor.shape == enc.SHAPE == (7, 56, 2)
   back = jax.device_get(enc.decode(tensor, depth))
@@ -47,15 +51,15 @@ def test_round_trip_layout_and_forward(depth):
   assert not valid[:, enc.width(depth):].any() and not t[:, enc.width(depth):].any()
   assert valid[:2, :7].all() and not valid[2:, :7].any()  # first layer: two real input rows
   assert valid[:, 11 * depth].all() and not valid[:, 11 * depth + 1:11 * depth + 7].any()  # output column
-  x = jax.random.uniform(jax.random.key(9), (50, 2), minval=-1, maxval=1)
+  x = jnp.asarray(np.random.default_rng(9).uniform(-1, 1, (50, 2)), jnp.float32)
   np.testing.assert_allclose(np.asarray(_fwd(back, x)), _np_forward(net, x), rtol=1e-5, atol=1e-4)
 
 
 def test_masked_neuron_has_no_effect():
-  net = enc.random_net(jax.random.key(3), 3, 0.0)
+  net = enc.random_net(_key(3), 3, 0.0)
   mask = net.mask.at[1, 4].set(0.0).at[1, 2].set(1.0)
   net = net._replace(mask=mask)
-  x = jax.random.uniform(jax.random.key(1), (64, 2), minval=-1, maxval=1)
+  x = jnp.asarray(np.random.default_rng(1).uniform(-1, 1, (64, 2)), jnp.float32)
   base = _fwd(net, x)
   w = net.w.at[1, :, 4].add(3.0).at[2, 4, :].add(-7.0)  # incoming and outgoing weights of neuron 4
   np.testing.assert_array_equal(np.asarray(_fwd(net._replace(w=w, b=net.b.at[1, 4].add(5.0)), x)),
@@ -67,7 +71,7 @@ def test_masked_neuron_has_no_effect():
 
 def test_padding_is_ignored_by_forward():
   depth = 2
-  net = enc.random_net(jax.random.key(0), depth, 0.0)
+  net = enc.random_net(_key(0), depth, 0.0)
   pad = 1.0 - np.asarray(enc.real_entries(depth).w)
   noisy = net._replace(w=net.w + 9.0 * pad, b=net.b.at[depth, 1:].set(4.0))
   x = jnp.ones((3, 2)) * 0.3
@@ -79,7 +83,7 @@ def test_teacher_generator_statistics():
   refit = jax.jit(lambda t, x, d: enc.batched_forward(enc.decode(t, d), x), static_argnums=2)
   depths, sparsities = set(), []
   for i in range(16):
-    batch = sample(jax.random.key(i))
+    batch = sample(_key(i))
     d = int(batch.depth)
     depths.add(d)
     nets = jax.device_get(enc.decode(batch.tensors, d))

@@ -47,7 +47,7 @@ def test_dataset_scaling():
 
 def test_dense_training_and_pruning():
   ds = fns.make_dataset("booth", seed=1, n_train=300, n_test=10)
-  net = baselines.dense_net(jax.random.key(0), 2)
+  net = baselines.dense_net(jax.random.key(0, impl="rbg"), 2)
   assert int(baselines.count(net)) == enc.dense_param_count(2) - 14  # hidden biases start at zero
   trained, losses = jax.jit(lambda n: baselines.train(n, ds.x_train, ds.y_train, steps=300,
                                                       learning_rate=1e-2))(net)
