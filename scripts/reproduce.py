@@ -29,6 +29,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 # key -> (script, paper). The order is the order of the summary table.
 REGISTRY: dict[str, tuple[str, str]] = {
     "baseline_mlp": ("scripts/baseline_mlp.py", "Backprop MLP baseline (walking skeleton)"),
+    "ccl": ("scripts/ccl.py", "Counter-Current Learning (Kao & Hariharan 2024)"),
     "complex_momentum": ("scripts/complex_momentum.py", "Complex Momentum for Optimization in Games (Lorraine et al. 2022)"),
     "fedast": ("scripts/fedast.py", "FedAST (Askin et al. 2024)"),
 }
