@@ -223,9 +223,11 @@ def map_clients(fn: Callable[[Any, Any], tuple[Any, Any]], broadcast: Any, clien
   ``chunk_size`` (one `vmap` per chunk, a `lax.scan` over chunks); with a
   ``mesh``, the client axis is first split over its ``'clients'`` axis
   (`jax.shard_map`, partial sums combined with ``psum``). The client count is
-  padded with zero-weight, all-zero clients to a multiple of
-  ``devices * chunk_size``; ``fn`` must map such a client to finite outputs
-  (all-masked local training does).
+  padded to a multiple of ``devices * chunk_size`` with rows of zeros (zero
+  data and mask, or index 0 where clients are given by index) that weigh 0 in
+  the sum and are dropped from ``kept``; ``fn`` must map such a row to finite
+  outputs (all-masked local training does, and so does training on a real
+  client's data).
 
   Returns:
     ``(sum_i weights[i] * summed_i, kept)`` with ``kept`` stacked ``[C, ...]``.
