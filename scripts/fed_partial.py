@@ -65,6 +65,8 @@ class Config:
   rounds: int = 50  # FedAlt / FedSim rounds per cell
   client_lr: float = 0.05  # client SGD learning rate of the shared block (FedSim: both)
   personal_lr: float = 0.05  # FedAlt personal phase and the final personal-only update
+  personal_steps: int = 0  # FedAlt: cap on personal-phase steps per round (0: one full pass)
+  shared_steps: int = 0  # FedAlt: cap on shared-phase steps per round (0: one full pass)
   splits: tuple[str, ...] = ("input", "output", "adapter", "full")
   algorithms: tuple[str, ...] = ("fedalt", "fedsim")
   stateless: bool = True  # also run every cell with stateless clients
@@ -88,7 +90,8 @@ class Config:
     for name in ("batch_size", "max_client_examples", "adapter_dim", "seq_len", "finetune_epochs",
                  "eval_every"):
       req(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}.")
-    for name in ("pretrain_rounds", "rounds", "final_epochs", "chunk_size"):
+    for name in ("pretrain_rounds", "rounds", "final_epochs", "chunk_size", "personal_steps",
+                 "shared_steps"):
       req(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)}.")
     for name in ("pretrain_lr", "server_lr", "client_lr", "personal_lr", "finetune_lr"):
       req(getattr(self, name) > 0, f"{name} must be > 0, got {getattr(self, name)}.")
@@ -174,7 +177,9 @@ class Experiment:
     cfg = self.cfg
     part = pz.Partition(params, pz.label_params(params, split))
     a = alg.FedAlgorithm(
-        self.loss_fn, part, alg.phases(algorithm, optax.sgd(lr), personal_tx=optax.sgd(cfg.personal_lr)),
+        self.loss_fn, part,
+        alg.phases(algorithm, optax.sgd(lr), personal_tx=optax.sgd(cfg.personal_lr),
+                   personal_steps=cfg.personal_steps or None, shared_steps=cfg.shared_steps or None),
         alg.server_optimizer(cfg.server_optimizer, cfg.server_lr), clients_per_round=cfg.clients_per_round,
         stateful=stateful, weighting=cfg.weighting, chunk_size=self.chunk)
     n = self.fd.num_clients
