@@ -107,7 +107,9 @@ def test_dirichlet_sample_clients():
   labels = np.repeat(np.arange(10), 50)
   parts = fl.dirichlet_sample_clients(labels, 200, 0.1, per_client=30, seed=0)
   assert len(parts) == 200 and all(len(p) == 30 for p in parts)
-  assert np.mean([len(np.unique(labels[p])) for p in parts]) < 3  # skewed
+  classes = np.mean([len(np.unique(labels[p])) for p in parts])
+  near_iid = fl.dirichlet_sample_clients(labels, 200, 100.0, per_client=30, seed=0)
+  assert classes < 4.5 < 9 < np.mean([len(np.unique(labels[p])) for p in near_iid])  # skew follows alpha
   again = fl.dirichlet_sample_clients(labels, 200, 0.1, per_client=30, seed=0)
   assert all(np.array_equal(a, b) for a, b in zip(parts, again))
   with pytest.raises(ValueError, match="alpha"):
