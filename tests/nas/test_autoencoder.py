@@ -25,7 +25,7 @@ def test_shapes_and_min_over_decoders():
   @jax.jit
   def run(params):
     model = nnx.merge(graphdef, params)
-    batch = enc.sample_teachers(_key(1), 8, 40)
+    batch = enc.sample_teachers(_key(1), 8, 40, depth=2)
     z = model.encode(batch.tensors)
     return batch, z, model.decode(z, 2), ae.decoder_losses(model, z, batch.x, batch.y)
 

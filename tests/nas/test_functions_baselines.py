@@ -1,7 +1,6 @@
 """Benchmark functions (known minima, scaling) and the dense / pruned baselines."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
