@@ -48,6 +48,7 @@ at once (a draw that would exceed it is skipped).
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import heapq
 import math
@@ -112,10 +113,11 @@ class JobTrainer:
   ``single`` is the job-by-job reference (one jitted call per job).
 
   Inside the batched call the jobs run either under `jax.vmap` (``"vmap"``,
-  the accelerator choice) or as a `lax.map` loop in one program (``"map"``).
-  On XLA:CPU a vmap over per-job parameters becomes batched small matmuls,
-  which measured slower than one call per job; the in-program loop removes
-  the per-call dispatch instead and measured ~4x faster than job-by-job.
+  the accelerator choice) or as a `lax.map` loop over vmapped groups of 8 in
+  one program (``"map"``). On XLA:CPU a vmap over all per-job parameters
+  becomes batched small matmuls, which measured no faster than one call per
+  job; the in-program loop removes the per-call dispatch instead (see
+  ``benchmarks/fedast_jobs.py`` for the measured speed-up).
   ``"auto"`` picks ``"map"`` on CPU and ``"vmap"`` elsewhere.
   """
 
@@ -140,8 +142,8 @@ class JobTrainer:
     if mode == "vmap":
       self._batched = jax.jit(jax.vmap(one_job, in_axes=(0, 0, None, None)))
     else:
-      self._batched = jax.jit(
-          lambda ps, cs, x, y: jax.lax.map(lambda pc: one_job(pc[0], pc[1], x, y), (ps, cs)))
+      self._batched = jax.jit(lambda ps, cs, x, y: jax.lax.map(
+          lambda pc: one_job(pc[0], pc[1], x, y), (ps, cs), batch_size=8))
     self._single = jax.jit(one_job)
 
   def batched(self, params_list: Sequence[Any], clients: Sequence[int]) -> list[Any]:
@@ -326,6 +328,7 @@ class Simulation:
     self.trace: dict[str, Any] = {"eval": [], "staleness": [[] for _ in range(m)], "alloc": [],
                                   "deliveries": [], "jobs_done": 0}
     self.computed_batches = 0
+    self._count_refs()
     self._record_alloc()
     for i in range(m):
       self._evaluate(i)
@@ -364,6 +367,7 @@ class Simulation:
     self.jobs_on[:] = 0
     for e in self.heap:
       self.jobs_on[e[3]] += 1
+    self._count_refs()
     rest = self._active_tasks()
     if self.cfg.method.startswith("fedast") and rest:
       freed, self.budget[task] = self.budget[task], 0
@@ -379,15 +383,16 @@ class Simulation:
     cfg = self.cfg
     if client is None:
       client = int(self.rng.integers(cfg.num_clients))
-      busy = int(np.count_nonzero(self.jobs_on))
-      if busy >= cfg.max_busy_clients and self.jobs_on[client] == 0:
+      if self.busy >= cfg.max_busy_clients and self.jobs_on[client] == 0:
         return False  # skip this draw: the cap on busy clients is reached
       if self.jobs_on[client] >= cfg.max_jobs_per_client:
         return False  # this client's queue is full
     start = max(self.clock, float(self.free_at[client]))
     finish = start + self._duration(task, client)
     self.free_at[client] = finish
+    self.busy += int(self.jobs_on[client] == 0)
     self.jobs_on[client] += 1
+    self.refs[task][self.version[task]] += 1
     self.active[task] += 1
     heapq.heappush(self.heap, (finish, self.seq, task, client, self.version[task], self.clock))
     self.seq += 1
@@ -407,11 +412,18 @@ class Simulation:
       self.results[task][e[1]] = d
     self.computed_batches += 1
 
-  def _gc_versions(self, task: int) -> None:
-    live = {e[4] for e in self.heap if e[2] == task} | {self.version[task]}
-    for k in list(self.versions[task]):
-      if k not in live:
-        del self.versions[task][k]
+  def _count_refs(self) -> None:
+    """Jobs in flight per (task, start version) and busy clients, derived from the queue."""
+    self.refs = [collections.Counter() for _ in self.tasks]
+    for e in self.heap:
+      self.refs[e[2]][e[4]] += 1
+    self.busy = int(np.count_nonzero(self.jobs_on))
+
+  def _gc_version(self, task: int, version: int) -> None:
+    """Drops a stored model version once it is not current and no job in flight needs it."""
+    if version != self.version[task] and self.refs[task][version] <= 0:
+      self.versions[task].pop(version, None)
+      self.refs[task].pop(version, None)
 
   # -- FedAST ----------------------------------------------------------------
 
@@ -456,6 +468,7 @@ class Simulation:
     finish, seq, task, client, start_version, _ = heapq.heappop(self.heap)
     self.clock = finish
     self.jobs_on[client] -= 1
+    self.busy -= int(self.jobs_on[client] == 0)
     self.active[task] -= 1
     delta = self.results[task].pop(seq)
     staleness = self.version[task] - start_version
@@ -479,10 +492,12 @@ class Simulation:
                                        self.buf_sum[task])
       self.version[task] += 1
       self.versions[task][self.version[task]] = self.params[task]
+      self._gc_version(task, self.version[task] - 1)
       self.buf_sum[task], self.buf_count[task] = None, 0
       if self.version[task] % self.cfg.eval_every == 0:
         self._evaluate(task)
-    self._gc_versions(task)
+    self.refs[task][start_version] -= 1
+    self._gc_version(task, start_version)
     if not self.finished:
       self._maybe_realloc()
       self._top_up()
@@ -632,3 +647,4 @@ class Simulation:
     self.done_time = list(meta["done_time"])
     self.received, self.since_realloc, self.round = meta["received"], meta["since_realloc"], meta["round"]
     self.trace = meta["trace"]
+    self._count_refs()

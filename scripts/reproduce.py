@@ -32,6 +32,7 @@ REGISTRY: dict[str, tuple[str, str]] = {
     "ccl": ("scripts/ccl.py", "Counter-Current Learning (Kao & Hariharan 2024)"),
     "complex_momentum": ("scripts/complex_momentum.py", "Complex Momentum for Optimization in Games (Lorraine et al. 2022)"),
     "fedast": ("scripts/fedast.py", "FedAST (Askin et al. 2024)"),
+    "swat_nn": ("scripts/swat_nn.py", "SWAT-NN (Huang et al. 2025)"),
 }
 
 

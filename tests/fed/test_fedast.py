@@ -130,6 +130,9 @@ def test_reallocation_and_capacity_invariants():
     seen["busy"] = max(seen["busy"], int(np.count_nonzero(s.jobs_on)))
     seen["per_client"] = max(seen["per_client"], int(s.jobs_on.max()))
     assert sum(s.active) <= cfg.total_jobs
+    for i in range(2):  # stored versions: exactly the current one and those jobs in flight started from
+      if s.done_time[i] is None:
+        assert set(s.versions[i]) == {e[4] for e in s.heap if e[2] == i} | {s.version[i]}
 
   sim.run(callback=check)
   assert seen["busy"] <= cfg.max_busy_clients and seen["per_client"] <= cfg.max_jobs_per_client
