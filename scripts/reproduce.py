@@ -31,6 +31,7 @@ REGISTRY: dict[str, tuple[str, str]] = {
     "baseline_mlp": ("scripts/baseline_mlp.py", "Backprop MLP baseline (walking skeleton)"),
     "ccl": ("scripts/ccl.py", "Counter-Current Learning (Kao & Hariharan 2024)"),
     "complex_momentum": ("scripts/complex_momentum.py", "Complex Momentum for Optimization in Games (Lorraine et al. 2022)"),
+    "fed_partial": ("scripts/fed_partial.py", "Partial personalization: FedAvg / FedSim / FedAlt (Pillutla et al. 2022)"),
     "fedast": ("scripts/fedast.py", "FedAST (Askin et al. 2024)"),
     "swat_nn": ("scripts/swat_nn.py", "SWAT-NN (Huang et al. 2025)"),
 }
