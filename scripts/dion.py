@@ -199,19 +199,24 @@ def _train_arm(cfg: Config, arm: str, batch: int, steps: int, data, run, mesh) -
   def loss_of(p, x, y):
     return lm.loss_fn(nnx.merge(graphdef, p), x, y)
 
+  # Gradient and optimizer update are two jitted programs, called in a Python loop:
+  # one program fusing both (inside lax.scan or not) hung mid-run on XLA:CPU with
+  # jax 0.10.2 (see docs/dion.md); the update-only program never did.
+  grad_fn = jax.jit(jax.value_and_grad(loss_of))
+
   @jax.jit
-  def chunk(s, xs, ys):
-    def body(s, xy):
-      loss, grads = jax.value_and_grad(loss_of)(s["params"], *xy)
-      updates, opt_state = tx.update(grads, s["opt_state"], s["params"])
-      return {"params": optax.apply_updates(s["params"], updates), "opt_state": opt_state}, loss
-    s, losses = jax.lax.scan(body, s, (xs, ys))
-    return s, {"loss": losses.mean()}
+  def opt_step(s, grads):
+    updates, opt_state = tx.update(grads, s["opt_state"], s["params"])
+    return {"params": optax.apply_updates(s["params"], updates), "opt_state": opt_state}
 
   def step_fn(s, step, n):
-    xs, ys = zip(*(lm.window_batch(train_ids, batch, cfg.seq_len, cfg.seed, t)
-                   for t in range(step, step + n)))
-    return chunk(s, np.stack(xs), np.stack(ys))
+    losses = []
+    for t in range(step, step + n):
+      loss, grads = grad_fn(s["params"], *lm.window_batch(train_ids, batch, cfg.seq_len,
+                                                         cfg.seed, t))
+      s = opt_step(s, grads)
+      losses.append(loss)
+    return s, {"loss": jax.numpy.mean(jax.numpy.stack(losses))}
 
   val_loss = jax.jit(loss_of)
   eval_every = max(cfg.log_every, cfg.eval_every * cfg.batch_size // batch // cfg.log_every

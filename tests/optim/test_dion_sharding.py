@@ -63,8 +63,9 @@ def test_orientation_rule():
     D.plan_leaf("x", (128, 64), P((FSDP, TP), None), **kw)
 
 
-@pytest.mark.parametrize("axes", [{FSDP: 8}, {TP: 8}, {FSDP: 4, TP: 2}],
-                         ids=["fsdp8", "tp8", "fsdp4xtp2"])
+@pytest.mark.parametrize("axes", [pytest.param({FSDP: 8}, marks=pytest.mark.slow),
+                                  pytest.param({TP: 8}, marks=pytest.mark.slow),
+                                  {FSDP: 4, TP: 2}], ids=["fsdp8", "tp8", "fsdp4xtp2"])
 def test_sharded_equals_unsharded(axes, single_device_run):
   mesh = mesh_lib.make_mesh(axes)
   params, state, before, after = _run(mesh, _specs(mesh))
@@ -141,6 +142,7 @@ def test_compressed_dp_sync_matches_synchronous_dion():
                                atol=2e-5)
 
 
+@pytest.mark.slow
 def test_full_rank_dp_averages_gradients_instead():
   mesh, shape, grads = _dp_setup()
   num = mesh.shape[DATA]
