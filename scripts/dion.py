@@ -129,9 +129,7 @@ class Config:
   sweep_batch_sizes: tuple[int, ...] = (8, 128)  # extra batch sizes, same number of tokens
   sweep_arms: tuple[str, ...] = ("adamw", "muon", "dion-1")
   dion_lr: float = 0.02
-  # Householder QR by default: on XLA:CPU (jax 0.10.2) a jitted step fusing the model
-  # gradient with the RCQR update hung on its second call in our runs (docs/dion.md).
-  qr_method: str = "qr"
+  qr_method: str = "rcqr"  # see docs/dion.md for an unresolved hang on XLA:CPU
   muon_lr: float = 0.02
   adamw_lr: float = 3e-3  # AdamW on the matrices (adamw arm)
   scalar_lr: float = 3e-3  # shared scalar optimizer (vectors, embeddings, head)
@@ -171,8 +169,7 @@ PRESETS = {
                     sweep_arms=("adamw", "muon", "dion-1")),
     "cpu": Config(),  # every arm and the full batch sweep (~10 minutes on 2 cores)
     "gpu": Config(d_model=384, layers=6, heads=6, seq_len=256, batch_size=64, steps=3000,
-                  sweep_batch_sizes=(16, 256), eval_windows=512, eval_every=250, log_every=50,
-                  qr_method="rcqr"),
+                  sweep_batch_sizes=(16, 256), eval_windows=512, eval_every=250, log_every=50),
 }
 
 
@@ -199,24 +196,19 @@ def _train_arm(cfg: Config, arm: str, batch: int, steps: int, data, run, mesh) -
   def loss_of(p, x, y):
     return lm.loss_fn(nnx.merge(graphdef, p), x, y)
 
-  # Gradient and optimizer update are two jitted programs, called in a Python loop:
-  # one program fusing both (inside lax.scan or not) hung mid-run on XLA:CPU with
-  # jax 0.10.2 (see docs/dion.md); the update-only program never did.
-  grad_fn = jax.jit(jax.value_and_grad(loss_of))
-
   @jax.jit
-  def opt_step(s, grads):
-    updates, opt_state = tx.update(grads, s["opt_state"], s["params"])
-    return {"params": optax.apply_updates(s["params"], updates), "opt_state": opt_state}
+  def chunk(s, xs, ys):
+    def body(s, xy):
+      loss, grads = jax.value_and_grad(loss_of)(s["params"], *xy)
+      updates, opt_state = tx.update(grads, s["opt_state"], s["params"])
+      return {"params": optax.apply_updates(s["params"], updates), "opt_state": opt_state}, loss
+    s, losses = jax.lax.scan(body, s, (xs, ys))
+    return s, {"loss": losses.mean()}
 
   def step_fn(s, step, n):
-    losses = []
-    for t in range(step, step + n):
-      loss, grads = grad_fn(s["params"], *lm.window_batch(train_ids, batch, cfg.seq_len,
-                                                         cfg.seed, t))
-      s = opt_step(s, grads)
-      losses.append(loss)
-    return s, {"loss": jax.numpy.mean(jax.numpy.stack(losses))}
+    xs, ys = zip(*(lm.window_batch(train_ids, batch, cfg.seq_len, cfg.seed, t)
+                   for t in range(step, step + n)))
+    return chunk(s, np.stack(xs), np.stack(ys))
 
   val_loss = jax.jit(loss_of)
   eval_every = max(cfg.log_every, cfg.eval_every * cfg.batch_size // batch // cfg.log_every
