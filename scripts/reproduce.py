@@ -44,6 +44,7 @@ class Args:
   preset: Literal["quick", "paper"] = "quick"  # preset passed to every script
   only: tuple[str, ...] = ()  # registered keys to run (default: all)
   fresh: bool = False  # delete each run directory first
+  timeout_min: float = 15.0  # stop a script that runs longer than this (minutes); reported as failed
   runs_root: pathlib.Path = pathlib.Path("runs")  # where run directories and summary.md go
 
 
@@ -61,13 +62,16 @@ def run_one(key: str, args: Args) -> dict:
     cmd.append("--fresh")
   print(f"\n=== {paper}: {' '.join(cmd[1:])}", flush=True)
   t0 = time.perf_counter()
-  proc = subprocess.run(cmd, cwd=os.getcwd(), check=False)
+  try:
+    returncode = subprocess.run(cmd, cwd=os.getcwd(), check=False, timeout=60 * args.timeout_min).returncode
+    status = f"exit code {returncode}"
+  except subprocess.TimeoutExpired:
+    returncode, status = -1, f"timed out after {args.timeout_min:g} min (rerun resumes from checkpoints)"
   seconds = time.perf_counter() - t0
   results_path = workdir / "results.json"
-  if proc.returncode != 0 or not results_path.exists():
+  if returncode != 0 or not results_path.exists():
     return {"key": key, "paper": paper, "ok": False, "seconds": seconds,
-            "rows": [{"metric": "run failed", "value": f"exit code {proc.returncode}",
-                      "note": f"see {workdir}/log.txt"}]}
+            "rows": [{"metric": "run failed", "value": status, "note": f"see {workdir}/log.txt"}]}
   results = json.loads(results_path.read_text())
   return {"key": key, "paper": paper, "ok": True, "seconds": seconds, "rows": results["headline"],
           "command": f"python {script} --preset {args.preset}"}
