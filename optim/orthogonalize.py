@@ -54,41 +54,18 @@ def _gram(p: jax.Array) -> jax.Array:
   return jnp.einsum("...pr,...ps->...rs", p, p)
 
 
-def _lapack_safe(x: jax.Array, fill: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """``(x with non-finite matrices replaced by fill, per-matrix finite flag)``.
-
-  LAPACK routines can spin forever on NaN input (observed as a hang of a
-  training step on XLA:CPU), so no non-finite matrix is ever passed to one.
-  """
-  ok = _finite(x)
-  return _select(ok, x, jnp.broadcast_to(fill, x.shape)), ok
-
-
 def cholesky_upper(a: jax.Array) -> jax.Array:
   """Upper Cholesky factor ``U`` with ``a = U^T U`` (NaN where ``a`` is not PD).
 
   `jnp.linalg.cholesky` returns the *lower* factor ``L = U^T``; using ``L`` as
   if it were upper is a known pitfall of earlier ports.
   """
-  safe, ok = _lapack_safe(a, jnp.eye(a.shape[-1], dtype=a.dtype))
-  return _select(ok, jnp.swapaxes(jnp.linalg.cholesky(safe), -1, -2), jnp.nan)
-
-
-def _qr_r(a: jax.Array) -> jax.Array:
-  safe, ok = _lapack_safe(a, jnp.zeros((), a.dtype))
-  return _select(ok, jnp.linalg.qr(safe, mode="r"), jnp.nan)
-
-
-def householder_q(a: jax.Array) -> jax.Array:
-  """Orthonormal factor of the Householder QR of ``a`` (NaN for a non-finite ``a``)."""
-  safe, ok = _lapack_safe(a, jnp.zeros((), a.dtype))
-  return _select(ok, jnp.linalg.qr(safe, mode="reduced")[0], jnp.nan)
+  return jnp.swapaxes(jnp.linalg.cholesky(a), -1, -2)
 
 
 def _upper_inverse(u: jax.Array) -> jax.Array:
   eye = jnp.broadcast_to(jnp.eye(u.shape[-1], dtype=u.dtype), u.shape)
-  safe, ok = _lapack_safe(u, eye)
-  return _select(ok, jax.scipy.linalg.solve_triangular(safe, eye, lower=False), jnp.nan)
+  return jax.scipy.linalg.solve_triangular(u, eye, lower=False)
 
 
 def _finite(x: jax.Array) -> jax.Array:
@@ -146,7 +123,7 @@ def randomized_cholesky_qr(p: jax.Array, key: jax.Array, oversample: float, *,
   k = sketch_size(p.shape[-1], oversample)
   s = sketch(jax.random.normal(key, p.shape[:-2] + (k, p.shape[-2]), jnp.float32))
   sp = small(s @ p) / jnp.sqrt(jnp.float32(k))
-  r_s = _qr_r(sp)
+  r_s = jnp.linalg.qr(sp, mode="r")
   p1 = tall(p @ small(_upper_inverse(r_s)))
   return cholesky_qr(p1, small=small, tall=tall)[0], p1
 
@@ -159,7 +136,7 @@ def gram_eigh_orthonormalize(p: jax.Array, *, small: Constrain = _identity,
   become 0), so the result is finite for rank-deficient or zero ``p``. Used as
   the last-resort guard only.
   """
-  gram, _ = _lapack_safe(small(_gram(p)), jnp.zeros((), p.dtype))
+  gram = small(_gram(p))
   w, v = jnp.linalg.eigh(gram)
   tol = p.shape[-1] * jnp.finfo(jnp.float32).eps * jnp.max(w, axis=-1, keepdims=True)
   keep = w > tol
@@ -194,19 +171,17 @@ def orthonormalize(p: jax.Array, method: str = "rcqr", *, key: jax.Array | None 
   p = p.astype(jnp.float32)
   rcqr = lambda: randomized_cholesky_qr(p, key, oversample, small=small, tall=tall, sketch=sketch)
   if method == "qr" or p.shape[-2] <= p.shape[-1]:
-    out, start = tall(householder_q(p)), p
+    out, start = tall(jnp.linalg.qr(p, mode="reduced")[0]), p
   elif method == "cqr":
     out, ok = cholesky_qr(p, small=small, tall=tall)
     out, start = lax.cond(jnp.all(ok), lambda: (out, p), lambda: _merge(ok, out, *rcqr()))
   else:
     out, start = rcqr()
   # Guard: where a factorisation failed, orthonormalise the best finite start.
-  # A non-finite input (e.g. a NaN gradient) is zeroed first: LAPACK's
-  # eigensolver can loop forever on NaN, and the NaN still reaches the update.
-  start = _select(_finite(start), start, jnp.where(jnp.isfinite(p), p, 0.0))
-  fixed = lambda: _select(_finite(out), out, gram_eigh_orthonormalize(start, small=small, tall=tall))
-  out = lax.cond(jnp.all(jnp.isfinite(out)), lambda: out, fixed)
-  return jnp.where(_finite(p)[..., None, None], out, jnp.nan)
+  start = _select(_finite(start), start, p)
+  return lax.cond(jnp.all(jnp.isfinite(out)), lambda: out,
+                  lambda: _select(_finite(out), out,
+                                  gram_eigh_orthonormalize(start, small=small, tall=tall)))
 
 
 def _merge(ok, out, fallback, start):
