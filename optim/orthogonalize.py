@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -43,6 +44,23 @@ Constrain = Callable[[jax.Array], jax.Array]
 
 def _identity(x: jax.Array) -> jax.Array:
   return x
+
+
+def per_matrix(fn: Callable[..., Any], *xs: jax.Array) -> Any:
+  """Applies a LAPACK-backed ``fn`` one matrix at a time on CPU.
+
+  jaxlib's batched CPU LAPACK kernels split their batch over XLA's intra-op
+  thread pool and wait for the pieces; two such kernels running at once
+  (independent Dion groups) were seen to deadlock the pool on a 2-core machine
+  (threads parked in ``ParallelBatchMap``). A `lax.map` over the leading dims
+  hands each kernel a single matrix. Elsewhere ``fn`` gets the whole batch.
+  """
+  batch = xs[0].shape[:-2]
+  if not batch or jax.default_backend() != "cpu":
+    return fn(*xs)
+  flat = tuple(x.reshape((-1,) + x.shape[-2:]) for x in xs)
+  out = lax.map(lambda args: fn(*args), flat)
+  return jax.tree.map(lambda o: o.reshape(batch + o.shape[1:]), out)
 
 
 def sketch_size(rank: int, oversample: float) -> int:
@@ -60,12 +78,12 @@ def cholesky_upper(a: jax.Array) -> jax.Array:
   `jnp.linalg.cholesky` returns the *lower* factor ``L = U^T``; using ``L`` as
   if it were upper is a known pitfall of earlier ports.
   """
-  return jnp.swapaxes(jnp.linalg.cholesky(a), -1, -2)
+  return jnp.swapaxes(per_matrix(jnp.linalg.cholesky, a), -1, -2)
 
 
 def _upper_inverse(u: jax.Array) -> jax.Array:
   eye = jnp.broadcast_to(jnp.eye(u.shape[-1], dtype=u.dtype), u.shape)
-  return jax.scipy.linalg.solve_triangular(u, eye, lower=False)
+  return per_matrix(lambda a, b: jax.scipy.linalg.solve_triangular(a, b, lower=False), u, eye)
 
 
 def _finite(x: jax.Array) -> jax.Array:
@@ -123,7 +141,7 @@ def randomized_cholesky_qr(p: jax.Array, key: jax.Array, oversample: float, *,
   k = sketch_size(p.shape[-1], oversample)
   s = sketch(jax.random.normal(key, p.shape[:-2] + (k, p.shape[-2]), jnp.float32))
   sp = small(s @ p) / jnp.sqrt(jnp.float32(k))
-  r_s = jnp.linalg.qr(sp, mode="r")
+  r_s = per_matrix(lambda a: jnp.linalg.qr(a, mode="r"), sp)
   p1 = tall(p @ small(_upper_inverse(r_s)))
   return cholesky_qr(p1, small=small, tall=tall)[0], p1
 
@@ -137,7 +155,7 @@ def gram_eigh_orthonormalize(p: jax.Array, *, small: Constrain = _identity,
   the last-resort guard only.
   """
   gram = small(_gram(p))
-  w, v = jnp.linalg.eigh(gram)
+  w, v = per_matrix(jnp.linalg.eigh, gram)
   tol = p.shape[-1] * jnp.finfo(jnp.float32).eps * jnp.max(w, axis=-1, keepdims=True)
   keep = w > tol
   inv_sqrt = jnp.where(keep, lax.rsqrt(jnp.where(keep, w, 1.0)), 0.0)
@@ -171,7 +189,7 @@ def orthonormalize(p: jax.Array, method: str = "rcqr", *, key: jax.Array | None 
   p = p.astype(jnp.float32)
   rcqr = lambda: randomized_cholesky_qr(p, key, oversample, small=small, tall=tall, sketch=sketch)
   if method == "qr" or p.shape[-2] <= p.shape[-1]:
-    out, start = tall(jnp.linalg.qr(p, mode="reduced")[0]), p
+    out, start = tall(per_matrix(lambda a: jnp.linalg.qr(a, mode="reduced")[0], p)), p
   elif method == "cqr":
     out, ok = cholesky_qr(p, small=small, tall=tall)
     out, start = lax.cond(jnp.all(ok), lambda: (out, p), lambda: _merge(ok, out, *rcqr()))
