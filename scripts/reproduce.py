@@ -30,6 +30,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 REGISTRY: dict[str, tuple[str, str]] = {
     "baseline_mlp": ("scripts/baseline_mlp.py", "Backprop MLP baseline (walking skeleton)"),
     "ccl": ("scripts/ccl.py", "Counter-Current Learning (Kao & Hariharan 2024)"),
+    "dion": ("scripts/dion.py", "Dion (Ahn et al. 2025)"),
     "complex_momentum": ("scripts/complex_momentum.py", "Complex Momentum for Optimization in Games (Lorraine et al. 2022)"),
     "fed_partial": ("scripts/fed_partial.py", "Partial personalization: FedAvg / FedSim / FedAlt (Pillutla et al. 2022)"),
     "fedast": ("scripts/fedast.py", "FedAST (Askin et al. 2024)"),
@@ -44,14 +45,14 @@ class Args:
   preset: Literal["quick", "paper"] = "quick"  # preset passed to every script
   only: tuple[str, ...] = ()  # registered keys to run (default: all)
   fresh: bool = False  # delete each run directory first
-  timeout_min: float = 15.0  # stop a script that runs longer than this (minutes); reported as failed
+  timeout_min: float = 10.0  # stop a script that runs longer than this (minutes); reported as failed
   runs_root: pathlib.Path = pathlib.Path("runs")  # where run directories and summary.md go
 
 
 def _fmt(value) -> str:
-  if isinstance(value, float):
-    return f"{value:.4g}"
-  return str(value)
+  """A table cell: floats to 4 significant digits, pipes escaped."""
+  text = f"{value:.4g}" if isinstance(value, float) else str(value)
+  return text.replace("|", "\\|")
 
 
 def run_one(key: str, args: Args) -> dict:
@@ -85,8 +86,8 @@ def summary_markdown(outcomes: list[dict], args: Args, total_s: float) -> str:
   for o in outcomes:
     for i, row in enumerate(o["rows"]):
       wall = f"{o['seconds']:.0f} s" if i == 0 else ""
-      lines.append(f"| {o['paper'] if i == 0 else ''} | {row['metric']} | {_fmt(row['value'])} | "
-                   f"{row.get('note', '')} | {wall} |")
+      lines.append(f"| {o['paper'] if i == 0 else ''} | {_fmt(row['metric'])} | {_fmt(row['value'])} | "
+                   f"{_fmt(row.get('note', ''))} | {wall} |")
   lines += ["", "Commands: " + "; ".join(f"`{o['command']}`" for o in outcomes if o.get("command"))]
   return "\n".join(lines) + "\n"
 

@@ -39,11 +39,13 @@ def test_summary_table_lists_every_headline_row():
   outcomes = [{"paper": "A", "seconds": 12.0, "ok": True, "command": "python a.py",
                "rows": [{"metric": "acc", "value": 0.91234, "note": "n"},
                         {"metric": "loss", "value": 0.1, "note": ""}]},
-              {"paper": "B", "seconds": 3.0, "ok": False, "rows": [{"metric": "run failed", "value": "exit code 1"}]}]
+              {"paper": "B", "seconds": 3.0, "ok": False, "rows": [{"metric": "run failed", "value": "exit code 1"}]},
+              {"paper": "C", "seconds": 1.0, "ok": True, "rows": [{"metric": "max |x|", "value": 1.0, "note": "a|b"}]}]
   text = reproduce.summary_markdown(outcomes, reproduce.Args(), 15.0)
   assert "| A | acc | 0.9123 | n | 12 s |" in text
   assert "|  | loss | 0.1 |  |  |" in text
   assert "| B | run failed | exit code 1 |" in text
+  assert "| C | max \\|x\\| | 1 | a\\|b | 1 s |" in text  # pipes in cells are escaped
 
 
 def test_reproduce_rejects_unknown_entries():
