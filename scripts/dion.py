@@ -129,7 +129,7 @@ class Config:
   sweep_batch_sizes: tuple[int, ...] = (8, 128)  # extra batch sizes, same number of tokens
   sweep_arms: tuple[str, ...] = ("adamw", "muon", "dion-1")
   dion_lr: float = 0.02
-  qr_method: str = "rcqr"  # see docs/dion.md for an unresolved hang on XLA:CPU
+  qr_method: str = "rcqr"  # orthonormalisation: rcqr (randomized Cholesky-QR), cqr or qr
   muon_lr: float = 0.02
   adamw_lr: float = 3e-3  # AdamW on the matrices (adamw arm)
   scalar_lr: float = 3e-3  # shared scalar optimizer (vectors, embeddings, head)
