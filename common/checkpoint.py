@@ -47,9 +47,12 @@ def _to_storable(tree: Any) -> Any:
 
 
 def _from_storable(stored: Any, template: Any) -> Any:
+  """Re-wraps PRNG keys and places every array exactly as the template's leaf."""
   def back(saved, like):
     if _is_key(like):
-      return jax.random.wrap_key_data(saved, impl=jax.random.key_impl(like))
+      saved = jax.random.wrap_key_data(jax.device_put(saved, like.sharding), impl=jax.random.key_impl(like))
+    elif isinstance(like, jax.Array):
+      saved = jax.device_put(saved, like.sharding)
     return saved
   return jax.tree.map(back, stored, template)
 

@@ -191,6 +191,11 @@ def _train_arm(cfg: Config, arm: str, batch: int, steps: int, data, run, mesh) -
   sched = lambda base: _schedule(base, steps, cfg.warmdown)
   tx = arm_optimizer(arm, cfg, sched, mesh=mesh, specs=specs)
   train_state = {"params": params, "opt_state": jax.jit(tx.init)(params)}
+  if mesh is not None:  # leaves that do not depend on the params (counts) come out on one device
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    train_state = jax.tree.map(
+        lambda x: jax.device_put(x, replicated)
+        if isinstance(x.sharding, jax.sharding.SingleDeviceSharding) else x, train_state)
 
   def loss_of(p, x, y):
     return lm.loss_fn(nnx.merge(graphdef, p), x, y)
@@ -279,10 +284,12 @@ def _report(cfg: Config, run, main_runs: list[dict], sweep: list[dict]) -> None:
            "|---|---|---|---|---|"]
   table += [f"| {r['arm']} | {r['final_val_loss']:.4f} | {r['best_val_loss']:.4f} | "
             f"{r['optimizer_ms']:.2f} | {r['train_wall_s']:.1f} |" for r in main_runs]
-  sweep_table = ["| arm | " + " | ".join(f"b={b}" for b, _ in next(iter(by_arm.values()))) + " |"]
-  sweep_table += ["|---|" + "---|" * len(next(iter(by_arm.values())))]
-  sweep_table += [f"| {arm} | " + " | ".join(f"{v:.4f}" for _, v in pts) + " |"
-                  for arm, pts in by_arm.items()]
+  sweep_table = []
+  if by_arm:  # empty when no arm is swept
+    sizes = next(iter(by_arm.values()))
+    sweep_table = ["| arm | " + " | ".join(f"b={b}" for b, _ in sizes) + " |", "|---|" + "---|" * len(sizes)]
+    sweep_table += [f"| {arm} | " + " | ".join(f"{v:.4f}" for _, v in pts) + " |"
+                    for arm, pts in by_arm.items()]
   log.info("Results\n%s\n\nBatch sweep (same token budget)\n%s", "\n".join(table),
            "\n".join(sweep_table))
   final = {r["arm"]: r["final_val_loss"] for r in main_runs}
