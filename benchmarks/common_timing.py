@@ -11,8 +11,7 @@ from collections.abc import Callable
 import jax
 
 
-def median_seconds(fn: Callable[[], object], *, repeats: int = 7, warmup: int = 2) -> float:
-  """Median wall time of ``fn()`` (its outputs are blocked on)."""
+def _times(fn: Callable[[], object], repeats: int, warmup: int) -> list[float]:
   for _ in range(warmup):
     jax.block_until_ready(fn())
   times = []
@@ -20,19 +19,17 @@ def median_seconds(fn: Callable[[], object], *, repeats: int = 7, warmup: int = 
     t0 = time.perf_counter()
     jax.block_until_ready(fn())
     times.append(time.perf_counter() - t0)
-  return statistics.median(times)
+  return times
+
+
+def median_seconds(fn: Callable[[], object], *, repeats: int = 7, warmup: int = 2) -> float:
+  """Median wall time of ``fn()`` (its outputs are blocked on)."""
+  return statistics.median(_times(fn, repeats, warmup))
 
 
 def best_seconds(fn: Callable[[], object], *, repeats: int = 7, warmup: int = 2) -> float:
   """Fastest wall time of ``fn()``: the machine's capability, less the noise of a shared host."""
-  for _ in range(warmup):
-    jax.block_until_ready(fn())
-  times = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    jax.block_until_ready(fn())
-    times.append(time.perf_counter() - t0)
-  return min(times)
+  return min(_times(fn, repeats, warmup))
 
 
 def machine() -> str:
