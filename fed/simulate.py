@@ -195,18 +195,7 @@ def local_train(loss_fn: LossFn, merge: MergeFn, phases: Sequence[Phase], u, v, 
       state, loss, active = phase_step(loss_fn, merge, phase, state, centre, frozen, x[i], y[i],
                                        mask[i], lr_scale)
       return state, (loss, active)
-    total = epochs * num
-    if total > 1:
-      # The first step runs outside the scan: under `vmap` over clients its
-      # weights are still the shared (unbatched) ones, so its forward pass is
-      # one matmul over all clients' batches and the per-client copy of the
-      # weights is made by the first update rather than up front.
-      state, (loss0, active0) = body(state, jnp.zeros((), jnp.int32))
-      state, (losses, active) = jax.lax.scan(body, state, jnp.arange(1, total))
-      losses = jnp.concatenate([loss0[None], losses])
-      active = jnp.concatenate([active0[None], active])
-    else:
-      state, (losses, active) = jax.lax.scan(body, state, jnp.arange(total))
+    state, (losses, active) = jax.lax.scan(body, state, jnp.arange(epochs * num))
     u, v = state.u, state.v
     metrics[f"loss_{k}"] = masked_mean(losses, active)
     metrics[f"steps_{k}"] = state.steps
