@@ -1,7 +1,8 @@
 """SWAT-NN: simultaneous weight and architecture search in a learned latent space.
 
 Trains the multi-scale transformer autoencoder on random teacher MLPs (functional
-loss, min over the four depth decoders), then, for every 2-D benchmark function,
+loss, min over the four depth decoders, plus in the quick preset a
+weight-reconstruction loss that the paper does not have), then, for every 2-D benchmark function,
 optimises a latent code at each depth with soft pruning, soft neuron masks and
 the sparsity / compactness penalties, keeps the depth whose hard-pruned model
 fits the training set best, and compares it with a dense 2-7-...-1 MLP of the
@@ -38,18 +39,22 @@ DEPTHS = tuple(range(1, encoding.MAX_DEPTH + 1))
 class Config:
   """SWAT-NN experiment."""
 
-  # Autoencoder (the paper: GPT-2 small stacks, Adam 1e-4, batch 64, 1000 points).
-  d_model: int = 32
-  num_heads: int = 2
+  # Autoencoder (the paper: GPT-2 small stacks, Adam 1e-4, batch 64, 1000 points, functional loss only).
+  d_model: int = 64
+  num_heads: int = 4
   enc_layers: int = 1
   dec_layers: int = 1
   mlp_ratio: int = 4
-  ae_steps: int = 1000
+  ae_steps: int = 3000
   ae_batch: int = 32  # random teachers per step
   ae_points: int = 128  # shared input points per step
-  ae_lr: float = 1e-3
+  ae_lr: float = 3e-3  # peak learning rate
+  ae_warmup: int = 100  # linear learning-rate warm-up steps (0: none)
+  ae_cosine: bool = True  # cosine decay to 5% of ae_lr after the warm-up (False: constant)
   ae_clip: float = 1.0  # global-norm gradient clipping (0: off)
   normalize_loss: bool = True  # divide each teacher's MSE by var(y) + 1 (not in the paper)
+  functional_weight: float = 0.01  # weight of the functional loss (the paper: 1)
+  recon_weight: float = 1.0  # weight of the weight-reconstruction loss (the paper: 0, no such term)
   heldout_nets: int = 64  # held-out random MLPs per depth for the functional-loss curve
   # Latent search (the paper: 8001 steps, warm-up and annealing 3000).
   functions: tuple[str, ...] = tuple(fns.FUNCTIONS)
@@ -88,6 +93,12 @@ class Config:
     config.require(self.finetune_steps >= 0, f"finetune_steps must be >= 0, got {self.finetune_steps}.")
     for name in ("ae_lr", "dense_lr"):
       config.require(getattr(self, name) > 0, f"{name} must be > 0, got {getattr(self, name)}.")
+    for name in ("ae_warmup", "functional_weight", "recon_weight"):
+      config.require(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)}.")
+    config.require(self.functional_weight + self.recon_weight > 0,
+                   "functional_weight and recon_weight must not both be 0.")
+    config.require(self.ae_warmup < self.ae_steps or not self.ae_cosine,
+                   f"ae_warmup ({self.ae_warmup}) must be < ae_steps ({self.ae_steps}) with ae_cosine.")
     config.require(self.ae_clip >= 0, f"ae_clip must be >= 0, got {self.ae_clip}.")
     config.require(self.dense_activation in encoding.ACTIVATIONS,
                    f"dense_activation must be one of {encoding.ACTIVATIONS}, got {self.dense_activation!r}.")
@@ -98,23 +109,36 @@ class Config:
 PRESETS = {
     "quick": Config(),
     "full": Config(d_model=256, num_heads=8, enc_layers=4, dec_layers=4, ae_steps=200_000, ae_batch=64,
-                   ae_points=1000, ae_lr=1e-4, heldout_nets=256, search_steps=8001, search_warmup=3000,
+                   ae_points=1000, ae_lr=1e-4, ae_warmup=0, ae_cosine=False, functional_weight=1.0,
+                   recon_weight=0.0, heldout_nets=256, search_steps=8001, search_warmup=3000,
                    anneal_steps=3000, dense_steps=8000, finetune_steps=2000, log_every=500,
                    checkpoint_every=5000),
 }
 
 
+def ae_schedule(cfg: Config) -> optax.Schedule:
+  """Autoencoder learning rate: linear warm-up, then constant or cosine decay to 5%."""
+  if cfg.ae_cosine:
+    return optax.warmup_cosine_decay_schedule(0.0, cfg.ae_lr, max(cfg.ae_warmup, 1), cfg.ae_steps,
+                                              end_value=0.05 * cfg.ae_lr)
+  if cfg.ae_warmup:
+    return optax.join_schedules([optax.linear_schedule(0.0, cfg.ae_lr, cfg.ae_warmup),
+                                 optax.constant_schedule(cfg.ae_lr)], [cfg.ae_warmup])
+  return optax.constant_schedule(cfg.ae_lr)
+
+
 def train_autoencoder(cfg: Config, run: config.Run):
   """Trains (or resumes) the autoencoder; returns ``(graphdef, params, history)``."""
   model = ae.Autoencoder(cfg.ae_config(), rngs=nnx.Rngs(cfg.seed))
-  tx = optax.adam(cfg.ae_lr)
+  tx = optax.adam(ae_schedule(cfg))
   if cfg.ae_clip > 0:
     tx = optax.chain(optax.clip_by_global_norm(cfg.ae_clip), tx)
   graphdef, state = ae.init_state(model, tx)
   n_params = sum(x.size for x in jax.tree.leaves(state["params"]))
   log.info("Autoencoder: %d parameters.", n_params)
   step_fn = ae.make_step_fn(graphdef, tx, batch_size=cfg.ae_batch, num_points=cfg.ae_points,
-                            seed=cfg.seed, normalize=cfg.normalize_loss)
+                            seed=cfg.seed, normalize=cfg.normalize_loss,
+                            functional_weight=cfg.functional_weight, recon_weight=cfg.recon_weight)
   evaluate = ae.make_eval_fn(graphdef, seed=cfg.seed + 10_000, nets_per_depth=cfg.heldout_nets,
                              num_points=cfg.ae_points)
   initial = jax.device_get(evaluate(state["params"]))

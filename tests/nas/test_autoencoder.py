@@ -57,6 +57,40 @@ def test_zero_loss_when_a_decoder_reproduces_the_teacher():
   np.testing.assert_allclose(np.asarray(pred), np.asarray(y), rtol=1e-4, atol=1e-4)
 
 
+def test_reconstruction_loss_is_zero_for_the_teacher_and_ignores_padding():
+  @jax.jit
+  def run(key):
+    batch = enc.sample_teachers(key, 4, 30, depth=2)
+    nets = enc.decode(batch.tensors, 2)
+    exact = enc.encode(nets._replace(act=60.0 * (nets.act - 0.5), mask=60.0 * (nets.mask - 0.5)))[..., 0]
+    # Anything in the padding (unused columns and entries the forward pass never reads) is ignored.
+    valid = batch.tensors[..., 1]
+    padded = exact + 7.0 * (1.0 - valid)
+    wrong_weight = exact.at[:, 3, 0].add(2.0)  # W_0 row 3 is padding; W_0 row 1 is real
+    wrong_real = exact.at[:, 1, 0].add(2.0)
+    return [ae.reconstruction_loss(r, batch.tensors, 2) for r in (exact, padded, wrong_weight, wrong_real)]
+
+  exact, padded, wrong_padding, wrong_real = map(np.asarray, run(_key(3)))
+  assert exact.shape == (4,)
+  np.testing.assert_allclose(exact, 0.0, atol=1e-6)
+  np.testing.assert_allclose(padded, 0.0, atol=1e-6)
+  np.testing.assert_allclose(wrong_padding, 0.0, atol=1e-6)
+  real = enc.real_entries(2)
+  n_real = float(real.w.sum() + real.b.sum())
+  np.testing.assert_allclose(wrong_real, 4.0 / n_real, rtol=1e-4)
+
+
+def test_step_with_reconstruction_term_reports_both_losses():
+  model = ae.Autoencoder(TINY, rngs=nnx.Rngs(0))
+  tx = optax.adam(1e-3)
+  graphdef, state = ae.init_state(model, tx)
+  step_fn = ae.make_step_fn(graphdef, tx, batch_size=4, num_points=16, seed=0, normalize=True,
+                            functional_weight=0.5, recon_weight=1.0)
+  _, metrics = step_fn(state, 0, 2)
+  assert set(metrics) == {"loss", "recon", "best_decoder_is_teacher_depth"}
+  assert np.isfinite(float(metrics["loss"])) and float(metrics["recon"]) > 0
+
+
 @pytest.mark.slow
 def test_short_training_lowers_heldout_loss():
   model = ae.Autoencoder(TINY, rngs=nnx.Rngs(0))
