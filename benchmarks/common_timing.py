@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 
@@ -46,3 +49,19 @@ def machine() -> str:
   devices = jax.devices()
   return (f"{cpu}, {os.cpu_count()} cores; jax {jax.__version__}, {len(devices)} x "
           f"{devices[0].platform} device(s); Python {platform.python_version()}")
+
+
+def run_with_cpu_devices(script: str, count: int) -> dict:
+  """Runs ``python script --json`` with ``count`` CPU devices; returns its last line, parsed.
+
+  For benchmarks that need more devices than this process has: the device
+  count is fixed when JAX starts, so the measurement runs in a fresh process
+  (``--xla_force_host_platform_device_count``; each CPU device runs its own
+  programs, so on a multi-core host the devices run side by side).
+  """
+  env = dict(os.environ, JAX_PLATFORMS="cpu",
+             XLA_FLAGS=(os.environ.get("XLA_FLAGS", "") +
+                        f" --xla_force_host_platform_device_count={count}").strip())
+  out = subprocess.run([sys.executable, script, "--json"], env=env, check=True,
+                       capture_output=True, text=True).stdout
+  return json.loads(out.strip().splitlines()[-1])

@@ -15,10 +15,14 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 
 import jax
+
+try:
+  from benchmarks.common_timing import run_with_cpu_devices
+except ImportError:  # run as a plain script
+  from common_timing import run_with_cpu_devices
 
 SHAPE = (1024, 4096)
 COUNT = 12
@@ -61,12 +65,7 @@ def run() -> dict:
   if jax.device_count() >= 8:
     measured = _measure()
   else:
-    env = dict(os.environ, XLA_FLAGS=(os.environ.get("XLA_FLAGS", "") +
-                                      " --xla_force_host_platform_device_count=8").strip(),
-               JAX_PLATFORMS="cpu")
-    out = subprocess.run([sys.executable, __file__, "--json"], env=env, check=True,
-                         capture_output=True, text=True).stdout
-    measured = json.loads(out.strip().splitlines()[-1])
+    measured = run_with_cpu_devices(__file__, 8)
   notes = (f"{COUNT} matrices {SHAPE} on mesh {MESH} ({measured['devices']} devices); one full "
            f"matrix shard-free would be {measured['full_matrix_elements']} elements. "
            "Acceptance: Dion rank 1/4 < 1/2 and rank 1/16 < 1/8 of Muon's bytes. "
