@@ -96,6 +96,37 @@ def _polar(magnitude, angle):
   return magnitude * jnp.cos(angle), magnitude * jnp.sin(angle)
 
 
+def _rotate(br, bi, gr, gi, g, r, s):
+  r"""``(r', s') = (gr g + br r - bi s, gi g + bi r + br s)``: one step of the complex buffer.
+
+  With a donated state (or inside ``lax.scan``) XLA:CPU updates buffers in
+  place, and as written above each new buffer reads both old ones, so it copies
+  both buffers first (the two updates are separate loops); those copies cost
+  more than the update itself (``benchmarks/complex_momentum_step.py``).
+  When ``br`` and ``bi`` are Python numbers with ``|br| >= |bi| / sqrt(3)``
+  (angle within 60 degrees of 0 or of pi), ``r'`` is computed from ``s'``
+  instead, using ``s = (s' - bi r - gi g) / br``:
+
+  .. math::
+
+    r' = (g_r + b_i g_i / b_r)\, g + (|\beta|^2 / b_r)\, r - (b_i / b_r)\, s',
+
+  so ``s'`` overwrites ``s`` and then ``r'`` overwrites ``r`` with no copy. The
+  coefficients grow at most to ``2|beta|``, so rounding stays at the float
+  level; at angle 0 (``bi = 0``) both forms give ``gr g + br r`` exactly.
+  Otherwise (traced hyperparameters, angles near pi/2) the direct form is used.
+  """
+  no_g_in_s = _is_concrete(gi) and gi == 0
+  if (_is_concrete(br) and _is_concrete(bi) and _is_concrete(gr) and _is_concrete(gi)
+      and br != 0 and abs(br) * math.sqrt(3) >= abs(bi)):
+    s_new = bi * r + br * s if no_g_in_s else bi * r + br * s + gi * g
+    r_new = (gr + bi * gi / br) * g + (br + bi * bi / br) * r - (bi / br) * s_new
+    return r_new, s_new
+  r_new = gr * g + (br * r - bi * s)
+  s_new = bi * r + br * s if no_g_in_s else (bi * r + br * s) + gi * g
+  return r_new, s_new
+
+
 def _as_arrays(*xs):
   return tuple(jnp.asarray(x) for x in xs)
 
@@ -199,9 +230,10 @@ def scale_by_complex_momentum(
   def update_fn(updates, state, params=None):
     del params
     br, bi = _polar(magnitude, angle)
-    re = jax.tree.map(lambda g, r, s: g + br * r - bi * s,
-                      updates, state.re, state.im)
-    im = jax.tree.map(lambda r, s: bi * r + br * s, state.re, state.im)
+    pairs = jax.tree.map(lambda g, r, s: _rotate(br, bi, 1, 0, g, r, s),
+                         updates, state.re, state.im)
+    re = jax.tree.map(lambda _, p: p[0], updates, pairs)
+    im = jax.tree.map(lambda _, p: p[1], updates, pairs)
     out = jax.tree.map(lambda g, r: r.astype(g.dtype), updates, re)
     re = jax.tree.map(lambda r, old: r.astype(old.dtype), re, state.re)
     im = jax.tree.map(lambda s, old: s.astype(old.dtype), im, state.im)
@@ -336,10 +368,10 @@ def scale_by_complex_adam(
           updates, state.mu)
       mu_re, mu_im = jax.tree.map(jnp.real, mu), jax.tree.map(jnp.imag, mu)
     else:
-      mu_re = jax.tree.map(lambda g, r, s: (1 - br) * g + (br * r - bi * s),
+      pairs = jax.tree.map(lambda g, r, s: _rotate(br, bi, 1 - br, -bi, g, r, s),
                            updates, state.mu_re, state.mu_im)
-      mu_im = jax.tree.map(lambda g, r, s: (bi * r + br * s) - bi * g,
-                           updates, state.mu_re, state.mu_im)
+      mu_re = jax.tree.map(lambda _, p: p[0], updates, pairs)
+      mu_im = jax.tree.map(lambda _, p: p[1], updates, pairs)
     nu = optax.tree.update_moment_per_elem_norm(updates, state.nu, b2, 2)
     count = optax.safe_increment(state.count)
     # 1 - beta1^t = dr + i di with dr >= 1 - |beta1|^t > 0, so the real part of

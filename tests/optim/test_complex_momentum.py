@@ -314,3 +314,24 @@ def test_state_and_updates_keep_the_parameter_sharding(make):
   for leaf in jax.tree.leaves(state):
     if leaf.ndim == 2:
       assert leaf.sharding.is_equivalent_to(sharding, 2)
+
+
+@pytest.mark.parametrize("angle", [PI8, math.pi / 4, 0.99 * math.pi / 3, 2.2, math.pi,
+                                   -PI8, 1.2, math.pi / 2])
+def test_copy_free_buffer_update_matches_the_direct_form(angle):
+  # `_rotate` takes the copy-free order (s' first, then r' from s') for Python
+  # hyperparameters within 60 degrees of 0 or pi; traced ones (inject_hyperparams)
+  # take the direct form. Both must follow the same recurrence.
+  grads = _grads(50, seed=3)
+  for make in (lambda **kw: cm.complex_momentum(0.1, 0.9, **kw),
+               lambda **kw: cm.complex_adam(0.01, 0.9, b1_angle=kw["angle"])):
+    fast, fast_state = _run(make(angle=angle), grads)
+    direct, direct_state = _run(optax.inject_hyperparams(
+        lambda angle: make(angle=angle))(angle=angle), grads)
+    _assert_close(fast, direct, rtol=2e-5, atol=1e-6)
+    _assert_close(fast_state, direct_state.inner_state, rtol=2e-5, atol=1e-5)
+  r, s, g = (jax.random.normal(k, (64,)) for k in jax.random.split(jax.random.key(1), 3))
+  br, bi = 0.9 * math.cos(angle), 0.9 * math.sin(angle)
+  for gr, gi in ((1, 0), (1 - br, -bi)):
+    want = (gr * g + br * r - bi * s, gi * g + bi * r + br * s)
+    _assert_close(cm._rotate(br, bi, gr, gi, g, r, s), want, rtol=1e-5, atol=1e-5)
