@@ -8,10 +8,9 @@ call and its ratio to the fastest call of its baseline (the machine is shared;
 the fastest call is the least disturbed one). The update is memory bound: per step
 heavy ball reads g, trace, params and writes trace, params (5 array passes);
 complex momentum has one more buffer to read and write (7 passes, so 1.4x is
-the floor); Adam 6 passes against 8 for complex Adam (1.33x). With two real
-buffers XLA:CPU also copies both buffers every step (each buffer's update reads
-the other, and the two updates are not fused into one loop); a complex64
-buffer is updated in place. "optimizer +
+the floor); Adam 7 passes against 9 for complex Adam (1.29x). The two-buffer
+forms order their update so that XLA:CPU updates both buffers in place
+(`optim.complex_momentum._rotate`). "optimizer +
 gradient" rows add the gradient of a 3-layer tanh MLP (the same tree) on a
 batch of 64, i.e. a training step.
 """

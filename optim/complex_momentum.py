@@ -180,8 +180,10 @@ def scale_by_complex_momentum(
     complex_buffer: keep one complex-dtype buffer instead of two real ones. Same
       numbers up to float rounding. The two-buffer form is the default: it keeps
       every leaf in the parameter dtype and reduces to heavy ball bit for bit.
-      The complex buffer is faster on XLA:CPU, which does not fuse the two
-      buffer updates into one loop and so copies both buffers every step
+      With Python-number hyperparameters the two buffers are updated in an
+      order that lets XLA overwrite both in place (see ``_rotate``); with
+      traced ones (``inject_hyperparams``) XLA:CPU copies both buffers every
+      step and the complex buffer is faster
       (``benchmarks/complex_momentum_step.py``).
     accumulator_dtype: dtype of the real buffers (``None``: the parameter dtype).
       Ignored when ``complex_buffer`` is set.
