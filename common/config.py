@@ -128,6 +128,8 @@ class Run:
   def write_results(self, results: Mapping[str, Any], headline: Sequence[Mapping[str, Any]]) -> pathlib.Path:
     """Writes ``results.json``: full results plus the headline rows for the summary table.
 
+    The headline rows are also logged, one line each.
+
     Each headline row is ``{"metric": str, "value": number or str, "note": str}``.
     """
     rows = []
@@ -140,6 +142,8 @@ class Run:
                      "config": load_json(self.path("config.json")) if self.path("config.json").exists() else None,
                      "headline": rows, "results": dict(results)})
     log.info("Wrote %s", path)
+    for row in rows:
+      log.info("%s: %s (%s)", row["metric"], row["value"], row["note"])
     return path
 
 

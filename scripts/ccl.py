@@ -17,7 +17,6 @@ for the autoencoder a grid of reconstructions.
 from __future__ import annotations
 
 import dataclasses
-import logging
 import statistics
 from typing import Literal
 
@@ -30,7 +29,6 @@ from ccl_jax import diagnostics, losses, train
 from ccl_jax.models import CCLAutoencoder, CCLCNN, CCLMLP
 from common import config, data, loop, plots
 
-log = logging.getLogger("ccl")
 
 Model = Literal["mlp", "cnn", "cnn_pool", "ae"]
 Method = Literal["ccl", "bp"]
@@ -315,8 +313,6 @@ def main(argv=None) -> dict:
                              f"val-selected: {s[f'test_{metric}_selected']:.4f}"})
   results["plots"] = write_plots(cfg, ds, runs, run)
   run.write_results(results, headline)
-  for row in headline:
-    log.info("%s: %.4f (%s)", row["metric"], row["value"], row["note"])
   return results
 
 

@@ -21,7 +21,6 @@
 from __future__ import annotations
 
 import dataclasses
-import logging
 import math
 
 import jax
@@ -34,7 +33,6 @@ from complex_momentum_gan import GanSetup, real_batch, mlp
 from optim import games
 from optim.complex_momentum import complex_momentum
 
-log = logging.getLogger("complex_momentum")
 
 PI8 = math.pi / 8
 # Momentum coefficients beta = magnitude * exp(i angle) compared in (a) and (b).
@@ -400,8 +398,6 @@ def main(argv=None) -> dict:
     if name in cfg.parts and not (name == "gan" and cfg.gan_seeds == 0):
       parts[name](cfg, run, results, headline)
   run.write_results(results, headline)
-  for row in headline:
-    log.info("%s: %s (%s)", row["metric"], row["value"], row["note"])
   return results
 
 
