@@ -80,15 +80,25 @@ def test_reconstruction_loss_is_zero_for_the_teacher_and_ignores_padding():
   np.testing.assert_allclose(wrong_real, 4.0 / n_real, rtol=1e-4)
 
 
-def test_step_with_reconstruction_term_reports_both_losses():
+def test_step_with_reconstruction_term_reports_both_losses_and_weights_both_gradients():
   model = ae.Autoencoder(TINY, rngs=nnx.Rngs(0))
-  tx = optax.adam(1e-3)
+  tx = optax.sgd(0.1)  # linear in the gradient: the combined step is the sum of the two steps
   graphdef, state = ae.init_state(model, tx)
-  step_fn = ae.make_step_fn(graphdef, tx, batch_size=4, num_points=16, seed=0, normalize=True,
-                            functional_weight=0.5, recon_weight=1.0)
-  _, metrics = step_fn(state, 0, 2)
+
+  def delta(functional_weight, recon_weight):
+    step_fn = ae.make_step_fn(graphdef, tx, batch_size=4, num_points=16, seed=0, normalize=True,
+                              functional_weight=functional_weight, recon_weight=recon_weight)
+    new, metrics = step_fn(state, 0, 1)
+    return jax.tree.map(jnp.subtract, new["params"], state["params"]), metrics
+
+  func_only, _ = delta(0.5, 0.0)
+  recon_only, _ = delta(0.0, 1.0)
+  both, metrics = delta(0.5, 1.0)
   assert set(metrics) == {"loss", "recon", "best_decoder_is_teacher_depth"}
   assert np.isfinite(float(metrics["loss"])) and float(metrics["recon"]) > 0
+  assert max(float(jnp.max(jnp.abs(d))) for d in jax.tree.leaves(recon_only)) > 1e-6
+  for f, r, b in zip(jax.tree.leaves(func_only), jax.tree.leaves(recon_only), jax.tree.leaves(both)):
+    np.testing.assert_allclose(np.asarray(b), np.asarray(f + r), rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.slow
