@@ -18,7 +18,6 @@ from __future__ import annotations
 import statistics
 
 import jax
-import jax.numpy as jnp
 from flax import nnx
 
 from ccl_jax import losses, train

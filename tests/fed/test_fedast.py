@@ -1,9 +1,6 @@
 """Tests for fed.fedast: event clock, buffers, batching, allocation, determinism, resume."""
 
-import dataclasses
-
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
