@@ -35,7 +35,7 @@ def _measure() -> dict:
   from jax.sharding import NamedSharding  # pylint: disable=g-import-not-at-top
   from jax.sharding import PartitionSpec as P  # pylint: disable=g-import-not-at-top
 
-  from common import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
+  from paperlab import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
   from optim import collectives  # pylint: disable=g-import-not-at-top
   from optim import dion as D  # pylint: disable=g-import-not-at-top
 

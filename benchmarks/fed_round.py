@@ -43,7 +43,7 @@ import numpy as np
 import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
-from common import mesh as mesh_lib
+from paperlab import mesh as mesh_lib
 from fed import algorithms as alg
 from fed import personalization as pz
 from fed import simulate as sim

@@ -15,8 +15,8 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from common import supervised
-from common.models import MLP
+from paperlab import supervised
+from paperlab.models import MLP
 
 try:
   from benchmarks.common_timing import best_seconds, machine

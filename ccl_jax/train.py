@@ -31,7 +31,7 @@ from flax import nnx
 
 from ccl_jax import losses
 from ccl_jax.models import CCLNet
-from common import data as data_lib
+from paperlab import data as data_lib
 
 Array = jax.Array
 LossFn = Callable[..., tuple[Array, tuple[dict[str, Array], Array]]]
@@ -219,7 +219,7 @@ def evaluate(eval_batch: Callable, params: Any, images: Array, labels: Array,
 def epoch_batch_indices(num_examples: int, batch_size: int, seed: int,
                         start: int, count: int,
                         batches_per_epoch: int | None = None) -> np.ndarray:
-  """`common.data.batch_indices`, optionally using only the first batches.
+  """`paperlab.data.batch_indices`, optionally using only the first batches.
 
   With ``batches_per_epoch = B`` every epoch visits only the first ``B``
   batches of its permutation (the reference autoencoder uses 101), so step
@@ -241,7 +241,7 @@ def make_step_fn(trainer: Trainer, images: Array, labels: Array, *,
   """Returns ``step_fn(state, step, n) -> (state, metrics)`` for the loop.
 
   The data stay on device; only the ``[n, batch]`` index array
-  (`common.data.batch_indices`, a pure function of ``(seed, step)``) is sent
+  (`paperlab.data.batch_indices`, a pure function of ``(seed, step)``) is sent
   per call. With ``scan=True`` the ``n`` steps run in one ``lax.scan`` (fast for
   MLPs); with ``scan=False`` a Python loop calls a jitted single step, the
   right choice for conv nets on XLA:CPU (conv backward inside ``scan`` is

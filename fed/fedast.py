@@ -591,7 +591,7 @@ class Simulation:
   # -- checkpointing -------------------------------------------------------------
 
   def state_dict(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """``(arrays, meta)`` for `common.checkpoint.save_flat`."""
+    """``(arrays, meta)`` for `paperlab.checkpoint.save_flat`."""
     arrays: dict[str, np.ndarray] = {"free_at": self.free_at, "jobs_on": self.jobs_on}
 
     def put(prefix, tree):

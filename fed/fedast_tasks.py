@@ -17,9 +17,9 @@ import numpy as np
 import optax
 from flax import nnx
 
-from common import data as data_lib
-from common import federated
-from common.models import MLP
+from paperlab import data as data_lib
+from paperlab import federated
+from paperlab.models import MLP
 from fed.fedast import Task
 
 
@@ -48,7 +48,7 @@ def image_task(dataset: str, *, name: str, num_clients: int, hidden: tuple[int, 
                exp_mean: float, shift: float, seed: int, test_examples: int = 2000) -> Task:
   """An MLP classifier task; each pool client holds ``steps x batch_size`` label-skewed examples.
 
-  Client data comes from `common.federated.dirichlet_sample_clients` (class mix
+  Client data comes from `paperlab.federated.dirichlet_sample_clients` (class mix
   ``Dir(alpha)`` per client), so a pool larger than the dataset allows still
   gets full clients.
   """

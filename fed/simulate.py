@@ -47,7 +47,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, PartitionSpec
 
-from common import mesh as mesh_lib
+from paperlab import mesh as mesh_lib
 
 # loss_fn(params, x, y) -> per-example losses [B].
 LossFn = Callable[[Any, Any, Any], jax.Array]
@@ -68,7 +68,7 @@ class ClientData(NamedTuple):
 
   @classmethod
   def from_packed(cls, packed) -> "ClientData":
-    """From a `common.federated.ClientArrays`."""
+    """From a `paperlab.federated.ClientArrays`."""
     return cls(packed.x, packed.y, packed.mask, packed.num_examples)
 
   def select(self, clients) -> "ClientData":

@@ -197,7 +197,7 @@ def _depth_reconstruction(raws: list[jax.Array], tensors: jax.Array, depth: int)
 def make_step_fn(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, *, batch_size: int,
                  num_points: int, seed: int, normalize: bool = False, functional_weight: float = 1.0,
                  recon_weight: float = 0.0) -> Callable[[Any, int, int], tuple[Any, dict]]:
-  """A `common.loop.train` step function; teachers are drawn inside the jitted step.
+  """A `paperlab.loop.train` step function; teachers are drawn inside the jitted step.
 
   The training loss is ``functional_weight * functional_loss + recon_weight *
   mean(reconstruction_loss)``, the reconstruction on the decoder of the

@@ -27,7 +27,7 @@ import optax
 from jax import lax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from common import mesh as mesh_lib
+from paperlab import mesh as mesh_lib
 from optim import labels as labels_lib
 from optim import orthogonalize as orth
 

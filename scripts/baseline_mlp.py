@@ -17,8 +17,8 @@ import jax
 import optax
 from flax import nnx
 
-from common import config, data, loop, plots, supervised
-from common.models import MLP
+from paperlab import config, data, loop, plots, supervised
+from paperlab.models import MLP
 
 log = logging.getLogger("baseline_mlp")
 
@@ -27,7 +27,7 @@ log = logging.getLogger("baseline_mlp")
 class Config:
   """Backprop MLP classifier."""
 
-  dataset: str = "fashion_mnist"  # image dataset (common.data); falls back to mnist if absent
+  dataset: str = "fashion_mnist"  # image dataset (paperlab.data); falls back to mnist if absent
   hidden: tuple[int, ...] = (256, 256)  # hidden widths
   epochs: int = 5
   batch_size: int = 128

@@ -27,7 +27,7 @@ from flax import nnx
 
 from ccl_jax import diagnostics, losses, train
 from ccl_jax.models import CCLAutoencoder, CCLCNN, CCLMLP
-from common import config, data, loop, plots
+from paperlab import config, data, loop, plots
 
 
 Model = Literal["mlp", "cnn", "cnn_pool", "ae"]
@@ -38,7 +38,7 @@ Method = Literal["ccl", "bp"]
 class Config:
   """Counter-current learning vs backprop (reference-config defaults: MLP)."""
 
-  dataset: str = "fashion_mnist"  # common.data image dataset
+  dataset: str = "fashion_mnist"  # paperlab.data image dataset
   model: Model = "mlp"  # mlp | cnn | cnn_pool | ae
   methods: tuple[Method, ...] = ("ccl", "bp")  # trained one after the other
   seeds: tuple[int, ...] = (0,)

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import matplotlib.pyplot as plt
 import numpy as np
 
-from common import config, loop, plots
+from paperlab import config, loop, plots
 from complex_momentum_gan import GanSetup, real_batch, mlp
 from optim import games
 from optim.complex_momentum import complex_momentum

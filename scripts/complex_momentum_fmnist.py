@@ -20,7 +20,7 @@ import numpy as np
 import optax
 import scipy.linalg
 
-from common import data
+from paperlab import data
 from complex_momentum_gan import mlp, mlp_init
 from optim import games
 from optim.complex_momentum import complex_adam
@@ -154,7 +154,7 @@ def real_features(classifier, images: np.ndarray) -> np.ndarray:
 def fmnist_experiment(cfg, run, methods: dict[str, tuple[float, float]]) -> dict:
   """Trains the classifier, then one GAN per optimizer; scores every ``fmnist_eval_every``."""
   # Imported here so the helper has no import cycle with the script.
-  from common import loop, plots  # pylint: disable=g-import-not-at-top
+  from paperlab import loop, plots  # pylint: disable=g-import-not-at-top
   x, y, x_test, y_test = load_fmnist()
   classifier, acc = train_classifier(x, y, x_test, y_test, steps=cfg.fmnist_classifier_steps,
                                      seed=cfg.seed)

@@ -1,6 +1,6 @@
 """Dion (Ahn et al., 2025) vs Muon vs AdamW on a small character-level GPT (Shakespeare).
 
-Every arm trains the same `common.lm.CharGPT` from the same initialisation on
+Every arm trains the same `paperlab.lm.CharGPT` from the same initialisation on
 the same batches; only the optimizer of the hidden matrices differs. Vectors,
 embeddings and the head use one shared scalar optimizer (AdamW by default,
 head rule of the Dion reference), so the comparison holds the scalar optimizer
@@ -48,8 +48,8 @@ import scipy.linalg  # noqa: E402,F401  (loads the OpenBLAS behind jax's CPU LAP
 from flax import nnx  # noqa: E402
 from threadpoolctl import threadpool_limits  # noqa: E402
 
-from common import config, lm, loop, plots  # noqa: E402
-from common import mesh as mesh_lib  # noqa: E402
+from paperlab import config, lm, loop, plots  # noqa: E402
+from paperlab import mesh as mesh_lib  # noqa: E402
 from optim import dion as dion_lib  # noqa: E402
 from optim import labels as labels_lib  # noqa: E402
 from optim import routed  # noqa: E402

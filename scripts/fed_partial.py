@@ -31,7 +31,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from common import config, loop, plots
+from paperlab import config, loop, plots
 from fed import algorithms as alg
 from fed import datasets, models
 from fed import personalization as pz
@@ -47,7 +47,7 @@ class Config:
   """Partial personalization: FedAvg pretraining, FedAlt / FedSim per split, fine-tuning."""
 
   task: str = "images"  # images | shakespeare
-  dataset: str = "fashion_mnist"  # image dataset of common.data (task=images)
+  dataset: str = "fashion_mnist"  # image dataset of paperlab.data (task=images)
   num_clients: int = 100
   clients_per_round: int = 10
   alpha: float = 0.3  # Dirichlet label-skew concentration
@@ -173,7 +173,7 @@ class Experiment:
 
   def federated(self, name: str, split: str, algorithm: str, params, *, rounds: int, lr: float,
                 stateful: bool = True):
-    """Trains one cell with `common.loop.train` (resumable); returns ``(algo, state, history)``."""
+    """Trains one cell with `paperlab.loop.train` (resumable); returns ``(algo, state, history)``."""
     cfg = self.cfg
     part = pz.Partition(params, pz.label_params(params, split))
     a = alg.FedAlgorithm(

@@ -19,7 +19,7 @@ import logging
 
 import numpy as np
 
-from common import checkpoint, config, metrics, plots
+from paperlab import checkpoint, config, metrics, plots
 from fed import fedast
 from fed import fedast_tasks as ft
 

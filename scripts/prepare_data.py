@@ -1,7 +1,7 @@
 """Prepares TFDS image datasets on a machine with internet access.
 
 Downloads and writes datasets in the ``array_record`` format, which
-`common.data.load` reads through ``tfds.data_source`` without TensorFlow. Run
+`paperlab.data.load` reads through ``tfds.data_source`` without TensorFlow. Run
 it where the network is open, then copy the data directory to the offline
 machine (or point ``$TFDS_DATA_DIR`` at it):
 
@@ -19,7 +19,7 @@ import pathlib
 
 import tyro
 
-from common import data
+from paperlab import data
 
 # TFDS names; emnist defaults to the 62-class "byclass" config.
 _TFDS_NAMES = {"mnist": "mnist", "fashion_mnist": "fashion_mnist", "cifar10": "cifar10",

@@ -25,7 +25,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from common import config, loop, plots
+from paperlab import config, loop, plots
 from nas import autoencoder as ae
 from nas import baselines, encoding, search
 from nas import functions as fns

@@ -9,7 +9,7 @@ from flax import nnx
 
 from ccl_jax import diagnostics, losses, train
 from ccl_jax.models import CCLAutoencoder, CCLCNN, CCLMLP
-from common import data
+from paperlab import data
 
 
 def _shapes(make, x_shape, target_shape):

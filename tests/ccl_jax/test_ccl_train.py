@@ -9,7 +9,7 @@ from flax import nnx
 
 from ccl_jax import losses, train
 from ccl_jax.models import CCLMLP
-from common import data
+from paperlab import data
 
 
 def test_gradient_centralization_matches_numpy():

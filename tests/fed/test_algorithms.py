@@ -7,7 +7,7 @@ import optax
 import pytest
 from flax import nnx
 
-from common import loop, mesh as mesh_lib
+from paperlab import loop, mesh as mesh_lib
 from fed import algorithms as alg
 from fed import models
 from fed import personalization as pz

@@ -6,7 +6,7 @@ import optax
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from common import checkpoint
+from paperlab import checkpoint
 from fed import fedast
 
 D, K, STEPS, B = 6, 3, 2, 4

@@ -302,7 +302,7 @@ def test_docstring_examples():
     lambda: cm.complex_adam(0.1, 0.8, PI8),
 ], ids=["cm", "cm_complex", "cadam"])
 def test_state_and_updates_keep_the_parameter_sharding(make):
-  from common import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
+  from paperlab import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
   mesh = mesh_lib.make_mesh({mesh_lib.DATA: 8})
   sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(mesh_lib.DATA))
   params = {"w": jax.device_put(jnp.ones((16, 4)), sharding)}

@@ -7,7 +7,7 @@ import pytest
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from common import mesh as mesh_lib
+from paperlab import mesh as mesh_lib
 from optim import collectives
 from optim import dion as D
 

@@ -1,10 +1,10 @@
-"""Tests for common.federated: partitions, client transforms, packing."""
+"""Tests for paperlab.federated: partitions, client transforms, packing."""
 
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from common import federated as fl
+from paperlab import federated as fl
 
 
 @settings(max_examples=25, deadline=None)

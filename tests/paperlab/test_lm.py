@@ -7,7 +7,7 @@ import optax
 import pytest
 from flax import nnx
 
-from common import lm
+from paperlab import lm
 from optim import dion as D
 from optim import labels as L
 

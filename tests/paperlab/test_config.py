@@ -1,11 +1,11 @@
-"""Tests for common.config: presets, overrides, validation, run directories."""
+"""Tests for paperlab.config: presets, overrides, validation, run directories."""
 
 import dataclasses
 import json
 
 import pytest
 
-from common import config
+from paperlab import config
 
 
 @dataclasses.dataclass(frozen=True)

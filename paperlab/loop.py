@@ -8,7 +8,7 @@ Exact resume. Chunks always end at multiples of ``log_every`` (absolute step
 numbers), so a run restarted from any checkpoint executes the same sequence of
 compiled programs on the same data as an uninterrupted one, provided the step
 function reads its batches as a pure function of the step number (see
-`common.data.batch_indices`). The parameters then match bit for bit.
+`paperlab.data.batch_indices`). The parameters then match bit for bit.
 
 Failure handling. A non-finite metric stops the run with `NonFiniteError`
 before anything is saved, so the last good checkpoint survives. Ctrl-C saves
@@ -25,8 +25,8 @@ from typing import Any
 
 import jax
 
-from common import checkpoint as checkpoint_lib
-from common import metrics as metrics_lib
+from paperlab import checkpoint as checkpoint_lib
+from paperlab import metrics as metrics_lib
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +69,8 @@ def train(state: Any, *, step_fn: StepFn, num_steps: int, workdir: str | pathlib
 
   Raises:
     ValueError: inconsistent step settings (before any compute).
-    common.metrics.NonFiniteError: a metric became NaN or infinite.
-    common.checkpoint.CheckpointError: an existing checkpoint is unreadable.
+    paperlab.metrics.NonFiniteError: a metric became NaN or infinite.
+    paperlab.checkpoint.CheckpointError: an existing checkpoint is unreadable.
   """
   if num_steps < 0:
     raise ValueError(f"num_steps must be >= 0, got {num_steps}.")

@@ -1,10 +1,10 @@
-"""Tests for common.mesh (8 simulated CPU devices)."""
+"""Tests for paperlab.mesh (8 simulated CPU devices)."""
 
 import jax
 import numpy as np
 import pytest
 
-from common import mesh
+from paperlab import mesh
 
 
 def test_parse_mesh():

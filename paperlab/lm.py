@@ -27,7 +27,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from common import data as data_lib
+from paperlab import data as data_lib
 
 
 def load_corpus(name: str = "shakespeare", *, split: str = "train",
@@ -38,7 +38,7 @@ def load_corpus(name: str = "shakespeare", *, split: str = "train",
     name: ``"shakespeare"``, or the name of a TFDS dataset with a ``text``
       feature prepared under ``data_dir`` (e.g. ``"tiny_shakespeare"``).
     split: TFDS split (ignored for ``"shakespeare"``).
-    data_dir: TFDS data directory (default `common.data.default_data_dir`).
+    data_dir: TFDS data directory (default `paperlab.data.default_data_dir`).
 
   Raises:
     FileNotFoundError: the corpus is not available offline.

@@ -1,8 +1,8 @@
-"""Tests for common.plots: each writer produces a PNG."""
+"""Tests for paperlab.plots: each writer produces a PNG."""
 
 import numpy as np
 
-from common import plots
+from paperlab import plots
 
 
 def _is_png(path):

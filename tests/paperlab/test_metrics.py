@@ -1,11 +1,11 @@
-"""Tests for common.metrics."""
+"""Tests for paperlab.metrics."""
 
 import json
 
 import numpy as np
 import pytest
 
-from common import metrics
+from paperlab import metrics
 
 
 def test_writer_jsonl_csv_and_resume_truncation(tmp_path):

@@ -1,10 +1,10 @@
-"""Tests for common.data: offline sources, TFDS path (mock data), errors, batching."""
+"""Tests for paperlab.data: offline sources, TFDS path (mock data), errors, batching."""
 
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from common import data
+from paperlab import data
 
 HAS_FMNIST = (data.FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").exists()
 

@@ -1,4 +1,4 @@
-"""Tests for common.loop: exact resume, NaN guard, interruption, validation."""
+"""Tests for paperlab.loop: exact resume, NaN guard, interruption, validation."""
 
 import jax
 import jax.numpy as jnp
@@ -6,7 +6,7 @@ import numpy as np
 import optax
 import pytest
 
-from common import checkpoint, data, loop, metrics
+from paperlab import checkpoint, data, loop, metrics
 
 N, B, SEED = 96, 8, 0
 X = np.random.default_rng(0).normal(size=(N, 5)).astype(np.float32)

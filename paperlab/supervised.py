@@ -19,7 +19,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from common import data as data_lib
+from paperlab import data as data_lib
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
@@ -45,9 +45,9 @@ def _apply(graphdef, params, x):
 def make_step_fn(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, x: np.ndarray,
                  y: np.ndarray, *, batch_size: int, seed: int,
                  scan_chunks: bool = True) -> Callable[[Any, int, int], tuple[Any, dict]]:
-  """A `common.loop.train` step function for softmax classification.
+  """A `paperlab.loop.train` step function for softmax classification.
 
-  The batch of absolute step ``s`` is `common.data.batch_indices` of
+  The batch of absolute step ``s`` is `paperlab.data.batch_indices` of
   ``(seed, s)``, so resumed runs are exact.
   """
   x = jnp.asarray(x)

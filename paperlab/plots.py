@@ -50,7 +50,7 @@ def line_plot(series: Series, path: str | pathlib.Path, *, xlabel: str, ylabel: 
 def learning_curves(history: Sequence[Mapping[str, Any]], keys: Sequence[str],
                     path: str | pathlib.Path, *, title: str = "", xlabel: str = "step",
                     logy: bool = False) -> pathlib.Path:
-  """Plots metrics records (as written by `common.metrics.MetricWriter`), one panel per key."""
+  """Plots metrics records (as written by `paperlab.metrics.MetricWriter`), one panel per key."""
   fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.6), squeeze=False)
   for ax, key in zip(axes[0], keys):
     pts = [(r["step"], r[key]) for r in history if key in r]

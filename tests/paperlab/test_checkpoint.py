@@ -1,11 +1,11 @@
-"""Tests for common.checkpoint: round trip, missing and corrupted checkpoints."""
+"""Tests for paperlab.checkpoint: round trip, missing and corrupted checkpoints."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from common import checkpoint
+from paperlab import checkpoint
 
 
 def _state(seed=0):
