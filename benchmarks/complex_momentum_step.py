@@ -10,7 +10,7 @@ heavy ball reads g, trace, params and writes trace, params (5 array passes);
 complex momentum has one more buffer to read and write (7 passes, so 1.4x is
 the floor); Adam 7 passes against 9 for complex Adam (1.29x). The two-buffer
 forms order their update so that XLA:CPU updates both buffers in place
-(`optim.complex_momentum._rotate`). "optimizer +
+(`optim._complex_momentum._rotate`). "optimizer +
 gradient" rows add the gradient of a 3-layer tanh MLP (the same tree) on a
 batch of 64, i.e. a training step.
 """
@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from optim import complex_momentum as cm
+from optim import _complex_momentum as cm
 
 try:
   from benchmarks.common_timing import machine, median_seconds

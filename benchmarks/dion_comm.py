@@ -37,7 +37,7 @@ def _measure() -> dict:
 
   from paperlab import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
   from optim import collectives  # pylint: disable=g-import-not-at-top
-  from optim import dion as D  # pylint: disable=g-import-not-at-top
+  from optim import _dion as D  # pylint: disable=g-import-not-at-top
 
   mesh = mesh_lib.make_mesh(MESH)
   specs = {f"w{i}": P(mesh_lib.FSDP, mesh_lib.TP) for i in range(COUNT)}

@@ -25,7 +25,7 @@ import optax
 import scipy.linalg  # noqa: F401  (loads the OpenBLAS that jax's LAPACK calls use)
 from threadpoolctl import threadpool_limits
 
-from optim import dion as D
+from optim import _dion as D
 
 try:
   from benchmarks.common_timing import machine

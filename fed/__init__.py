@@ -1,1 +1,52 @@
-"""fed package."""
+"""fed: federated-learning simulation (partial personalization; FedAST).
+
+Flat names::
+
+    import fed
+    algo = fed.fedalt(loss_fn, partition, optax.sgd(0.1), personal_tx=optax.sgd(0.1),
+                      clients_per_round=10, chunk_size=5)
+    state = algo.init(params, num_clients, jax.random.key(0))
+    state, metrics = algo.round(state, client_data)
+
+Submodules: `algorithms` (FedAvg / FedSim / FedAlt, fine-tuning, evaluation),
+`simulate` (vmapped client execution), `personalization` (personal splits),
+`datasets` (federated image / Shakespeare data), `models`, and the FedAST
+modules.
+"""
+
+from fed import algorithms, datasets, models, personalization, simulate
+from fed.algorithms import (
+    FedAlgorithm,
+    FedState,
+    evaluate_clients,
+    fedalt,
+    fedavg,
+    fedsim,
+    local_finetune,
+    phases,
+    server_optimizer,
+)
+from fed.personalization import LayerNames, Partition, label_params
+from fed.simulate import ClientData, Phase
+
+__all__ = (
+    "ClientData",
+    "FedAlgorithm",
+    "FedState",
+    "LayerNames",
+    "Partition",
+    "Phase",
+    "algorithms",
+    "datasets",
+    "evaluate_clients",
+    "fedalt",
+    "fedavg",
+    "fedsim",
+    "label_params",
+    "local_finetune",
+    "models",
+    "personalization",
+    "phases",
+    "server_optimizer",
+    "simulate",
+)

@@ -335,3 +335,57 @@ def evaluate_clients(metric_fn: Callable[[Any, Any, Any], dict[str, jax.Array]],
   per_client = jax.device_get(run(shared, personal, frozen, jnp.asarray(data.x),
                                   jnp.asarray(data.y), jnp.asarray(data.mask)))
   return sim.summarize(per_client, percentile=percentile), per_client
+
+
+# -- builders (the flat `fed.fedavg` / `fed.fedsim` / `fed.fedalt` names) --------
+
+
+def fedavg(loss_fn: sim.LossFn, partition: pz.Partition, client_tx: optax.GradientTransformation,
+           server_tx: optax.GradientTransformation | None = None, **kwargs: Any) -> FedAlgorithm:
+  r"""FedAvg (McMahan et al. 2017): clients train ``u`` only; ``u <- u + ServerOpt(g)``.
+
+  ``g = sum_i a_i (u - u_i) / sum_i a_i`` over the round's sampled clients;
+  ``server_tx`` defaults to ``optax.sgd(1.0)`` (the plain weighted average).
+  Other keyword arguments go to `FedAlgorithm` (``clients_per_round`` is required).
+
+  >>> import optax
+  >>> from fed import personalization as pz
+  >>> params = {"w": jnp.zeros((2, 1))}
+  >>> part = pz.Partition(params, pz.label_params(params, "none"))
+  >>> loss = lambda p, x, y: jnp.square(x @ p["w"] - y[:, None]).mean(-1)
+  >>> algo = fedavg(loss, part, optax.sgd(0.1), clients_per_round=2)
+  >>> [p.train for p in algo.phases]
+  ['shared']
+  """
+  return FedAlgorithm(loss_fn, partition, phases("fedavg", client_tx),
+                      server_tx if server_tx is not None else optax.sgd(1.0), **kwargs)
+
+
+def fedsim(loss_fn: sim.LossFn, partition: pz.Partition, client_tx: optax.GradientTransformation,
+           server_tx: optax.GradientTransformation | None = None, *, prox: float | None = None,
+           **kwargs: Any) -> FedAlgorithm:
+  r"""FedSim (Pillutla et al. 2022): each local step updates ``(u, v_i)`` jointly.
+
+  ``(u, v) <- (u, v) - eta * grad_{(u, v)} [f_i(u, v) + prox/2 ||v - v^0||^2]``
+  (Jacobi style), then the server step of `fedavg` on ``u``.
+  """
+  return FedAlgorithm(loss_fn, partition, phases("fedsim", client_tx, prox=prox),
+                      server_tx if server_tx is not None else optax.sgd(1.0), **kwargs)
+
+
+def fedalt(loss_fn: sim.LossFn, partition: pz.Partition, client_tx: optax.GradientTransformation,
+           server_tx: optax.GradientTransformation | None = None, *,
+           personal_tx: optax.GradientTransformation | None = None,
+           personal_steps: int | None = None, shared_steps: int | None = None,
+           prox: float | None = None, **kwargs: Any) -> FedAlgorithm:
+  r"""FedAlt (Pillutla et al. 2022): ``v_i`` with ``u`` frozen, then ``u`` with the new ``v_i``.
+
+  Personal phase (``personal_tx``, at most ``personal_steps`` steps):
+  ``v <- v - eta_v grad_v [f_i(u, v) + prox/2 ||v - v^0||^2]``; shared phase
+  (``client_tx``, at most ``shared_steps``): ``u <- u - eta_u grad_u f_i(u, v^+)``
+  (Gauss-Seidel style), then the server step of `fedavg` on ``u``.
+  """
+  local = phases("fedalt", client_tx, personal_tx=personal_tx, personal_steps=personal_steps,
+                 shared_steps=shared_steps, prox=prox)
+  return FedAlgorithm(loss_fn, partition, local,
+                      server_tx if server_tx is not None else optax.sgd(1.0), **kwargs)

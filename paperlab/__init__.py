@@ -5,3 +5,16 @@ resumable training loop (`loop`), orbax checkpoints (`checkpoint`), metrics
 and the NaN guard (`metrics`), plots, mesh axis names (`mesh`), small models
 and the supervised reference path. It depends on no other package of ours.
 """
+
+import importlib
+
+__all__ = ("checkpoint", "config", "data", "federated", "lm", "loop", "mesh", "metrics", "models",
+           "plots", "supervised")
+
+
+def __getattr__(name: str):
+  # Submodules load on first use: `import optim` needs only `paperlab.mesh`,
+  # not TFDS (data) or matplotlib (plots).
+  if name in __all__:
+    return importlib.import_module(f"paperlab.{name}")
+  raise AttributeError(f"module 'paperlab' has no attribute {name!r}")

@@ -31,7 +31,7 @@ import numpy as np
 from paperlab import config, loop, plots
 from complex_momentum_gan import GanSetup, real_batch, mlp
 from optim import games
-from optim.complex_momentum import complex_momentum
+from optim import complex_momentum
 
 
 PI8 = math.pi / 8

@@ -23,7 +23,7 @@ import scipy.linalg
 from paperlab import data
 from complex_momentum_gan import mlp, mlp_init
 from optim import games
-from optim.complex_momentum import complex_adam
+from optim import complex_adam
 
 
 def load_fmnist():

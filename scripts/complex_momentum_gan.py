@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from optim import games
-from optim.complex_momentum import complex_adam
+from optim import complex_adam
 
 NUM_MODES = 8
 RADIUS = 2.0

@@ -50,7 +50,7 @@ from threadpoolctl import threadpool_limits  # noqa: E402
 
 from paperlab import config, lm, loop, plots  # noqa: E402
 from paperlab import mesh as mesh_lib  # noqa: E402
-from optim import dion as dion_lib  # noqa: E402
+from optim import _dion as dion_lib  # noqa: E402
 from optim import labels as labels_lib  # noqa: E402
 from optim import routed  # noqa: E402
 

@@ -8,7 +8,7 @@ import numpy as np
 import optax
 import pytest
 
-from optim import complex_momentum as cm
+from optim import _complex_momentum as cm
 
 PI8 = math.pi / 8
 

@@ -6,7 +6,7 @@ import numpy as np
 import optax
 import pytest
 
-from optim import dion as D
+from optim import _dion as D
 from optim import labels as L
 from optim import orthogonalize as orth
 from optim import routed

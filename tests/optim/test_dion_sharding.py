@@ -9,7 +9,7 @@ from jax.sharding import PartitionSpec as P
 
 from paperlab import mesh as mesh_lib
 from optim import collectives
-from optim import dion as D
+from optim import _dion as D
 
 FSDP, TP, DATA = mesh_lib.FSDP, mesh_lib.TP, mesh_lib.DATA
 

@@ -9,7 +9,7 @@ import optax
 import pytest
 
 from optim import games
-from optim.complex_momentum import complex_momentum
+from optim import complex_momentum
 
 PI8 = math.pi / 8
 SIM, ALT = "simultaneous", "alternating"

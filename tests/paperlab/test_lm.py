@@ -8,7 +8,7 @@ import pytest
 from flax import nnx
 
 from paperlab import lm
-from optim import dion as D
+from optim import _dion as D
 from optim import labels as L
 
 TEXT = "to be, or not to be: that is the question.\n" * 40
