@@ -10,7 +10,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: setup reproduce test bench clean
+.PHONY: setup reproduce test bench docs clean
 
 setup: $(STAMP)
 
@@ -37,5 +37,9 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py
 
+# HTML API reference from the docstrings -> build/api/index.html
+docs: $(STAMP)
+	$(BIN)/python docs/build_api.py
+
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs build .pytest_cache

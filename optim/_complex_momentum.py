@@ -17,7 +17,7 @@ size alpha.
 
 import math
 import numbers
-from typing import NamedTuple, Optional
+from typing import Any, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -38,31 +38,31 @@ __all__ = [
 class ScaleByComplexMomentumState(NamedTuple):
   """Two real buffers holding the complex momentum ``b = re + i * im``."""
 
-  re: optax.Updates  # same shapes as params, accumulator dtype
-  im: optax.Updates
+  re: Any  # pytree like the params (accumulator dtype)
+  im: Any
 
 
 class ScaleByComplexBufferMomentumState(NamedTuple):
   """One complex-dtype buffer (complex64, or complex128 for float64 leaves)."""
 
-  buf: optax.Updates
+  buf: Any
 
 
 class ScaleByComplexAdamState(NamedTuple):
   """Complex first moment as two real buffers, real second moment, count."""
 
   count: jax.Array  # shape=(), dtype=int32
-  mu_re: optax.Updates
-  mu_im: optax.Updates
-  nu: optax.Updates
+  mu_re: Any
+  mu_im: Any
+  nu: Any
 
 
 class ScaleByComplexBufferAdamState(NamedTuple):
   """Complex first moment as one complex-dtype buffer, real second moment."""
 
   count: jax.Array  # shape=(), dtype=int32
-  mu: optax.Updates
-  nu: optax.Updates
+  mu: Any
+  nu: Any
 
 
 def _is_concrete(x) -> bool:

@@ -50,8 +50,8 @@ class ScaleByDionState(NamedTuple):
   """
   count: jax.Array
   key: jax.Array
-  momentum: optax.Updates
-  q: optax.Updates
+  momentum: Any
+  q: Any
 
 
 class LeafPlan(NamedTuple):

@@ -1,4 +1,4 @@
-"""Test-wide setup: 8 simulated CPU devices, set before JAX is imported anywhere."""
+"""Test-wide setup (tests and doctests): 8 simulated CPU devices, set before JAX is imported anywhere."""
 
 import os
 
