@@ -263,11 +263,13 @@ def put(tree: Any, shardings: Sharding | Any) -> Any:
   sharding are kept as they are.
   """
   def one(x, sharding):
-    if isinstance(x, jax.Array) and not x.is_fully_addressable:
-      return x if x.sharding == sharding else jax.device_put(x, sharding)
+    if isinstance(x, jax.Array) and x.sharding == sharding:
+      return x
     if _is_key(x):
       data = put(jax.random.key_data(x), sharding)
       return jax.random.wrap_key_data(data, impl=jax.random.key_impl(x))
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:  # global to global: a reshard
+      return jax.device_put(x, sharding)
     host = np.asarray(x)
     return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
   return jax.tree.map(one, tree, _shardings_like(tree, shardings))
