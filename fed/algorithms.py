@@ -153,7 +153,8 @@ class FedAlgorithm:
     self.chunk_size = chunk_size
     self.mesh = mesh
     self.client_lr_schedule = client_lr_schedule
-    self.round = jax.jit(self._round)
+    self._rounds = {spread: jax.jit(functools.partial(self._round, spread=spread))
+                    for spread in (False, True)}
     self._prepare_jit = jax.jit(self._prepare)
     self._finish_jit = jax.jit(self._finish)
     self._accumulate = jax.jit(lambda acc, u, u_i, w: jax.tree.map(
@@ -222,15 +223,26 @@ class FedAlgorithm:
                                         frozen, x, y, mask, epochs=self.epochs, lr_scale=lr_scale)
     return _sub(u, u_i), (v_i, metrics)
 
-  def _round(self, state: FedState, data: sim.ClientData) -> tuple[FedState, dict]:
+  def round(self, state: FedState, data: sim.ClientData) -> tuple[FedState, dict]:
+    """One round, one jitted program: ``(state, data) -> (state, metrics)``.
+
+    Data whose client rows are spread over the mesh's devices (or processes)
+    are used in place: the sampled clients' rows are gathered (a masked
+    gather plus an all-reduce of those rows only) and then split over the
+    client axis, so no device ever holds every client's data. Replicated or
+    single-device data are broadcast and each client gathers its own batches.
+    """
+    spread = (self.mesh is not None and isinstance(data.x, jax.Array)
+              and not data.x.sharding.is_fully_replicated)
+    return self._rounds[spread](state, data)
+
+  def _round(self, state: FedState, data: sim.ClientData, *,
+             spread: bool = False) -> tuple[FedState, dict]:
     idx, perms, v, weights, lr_scale = self._prepare(state, data)
     arrays = (data.x, data.y, data.mask)
-    if self.mesh is None:
+    if not spread:
       broadcast, clients = (state.shared, state.frozen, lr_scale, arrays), (v, idx, perms)
     else:
-      # With a mesh the data may be sharded over clients (and processes): gather the sampled
-      # clients' rows (a masked gather + all-reduce of those rows only), then split them over
-      # the client axis, so that no device ever holds every client's data.
       picked = tuple(a[idx] for a in arrays)
       broadcast, clients = (state.shared, state.frozen, lr_scale, None), (v, picked, perms)
     delta_sum, (new_v, losses) = sim.map_clients(

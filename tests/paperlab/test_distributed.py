@@ -142,7 +142,9 @@ def test_sharded_round_moves_only_the_sampled_clients():
   mesh = mesh_lib.make_mesh({mesh_lib.CLIENTS: 8})
   algo, params, data, num = worker._fed_problem(mesh)  # pylint: disable=protected-access
   state = distributed.put(algo.init(params, num, jax.random.key(0)), mesh_lib.replicated(mesh))
-  hlo = algo.round.lower(state, data).compile().as_text()
+  # the program round() runs for client-sharded data (data.x is spread over the 'clients' axis)
+  program = algo._rounds[not data.x.sharding.is_fully_replicated]  # pylint: disable=protected-access
+  hlo = program.lower(state, data).compile().as_text()
   from optim import collectives  # pylint: disable=g-import-not-at-top
   biggest = max(c.elements for c in collectives.collectives(hlo))
   per_client = int(np.prod(data.x.shape[1:]))
