@@ -224,14 +224,9 @@ class FedAlgorithm:
     return _sub(u, u_i), (v_i, metrics)
 
   def round(self, state: FedState, data: sim.ClientData) -> tuple[FedState, dict]:
-    """One round, one jitted program: ``(state, data) -> (state, metrics)``.
-
-    Data whose client rows are spread over the mesh's devices (or processes)
-    are used in place: the sampled clients' rows are gathered (a masked
-    gather plus an all-reduce of those rows only) and then split over the
-    client axis, so no device ever holds every client's data. Replicated or
-    single-device data are broadcast and each client gathers its own batches.
-    """
+    """One round (one jitted program). Client-sharded data (rows spread over devices or
+    processes) stay in place: the sampled rows are gathered (masked gather + all-reduce of
+    those rows) and split over the client axis; other data are broadcast to every client."""
     spread = (self.mesh is not None and isinstance(data.x, jax.Array)
               and not data.x.sharding.is_fully_replicated)
     return self._rounds[spread](state, data)
