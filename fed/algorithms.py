@@ -42,6 +42,7 @@ from jax.sharding import Mesh
 
 from fed import personalization as pz
 from fed import simulate as sim
+from paperlab import distributed
 
 ALGORITHMS = ("fedavg", "fedsim", "fedalt")
 WEIGHTINGS = ("examples", "batches", "uniform")
@@ -118,6 +119,9 @@ class FedAlgorithm:
     mesh: shard the sampled-client axis over this mesh's ``'clients'`` axis.
     client_lr_schedule: ``round -> scale`` of the client updates (the
       reference code's per-round schedule); None: constant 1.
+    num_clients: sample from the first this many clients of the data (None:
+      all); lets the data's client axis be padded (with empty clients) to a
+      multiple of the mesh's ``'clients'`` axis without changing the sampling.
   """
 
   def __init__(self, loss_fn: sim.LossFn, partition: pz.Partition,
@@ -125,7 +129,8 @@ class FedAlgorithm:
                clients_per_round: int, stateful: bool = True, epochs: int = 1,
                weighting: str = "examples", chunk_size: int | None = None,
                mesh: Mesh | None = None,
-               client_lr_schedule: Callable[[jax.Array], jax.Array] | None = None):
+               client_lr_schedule: Callable[[jax.Array], jax.Array] | None = None,
+               num_clients: int | None = None):
     if clients_per_round < 1:
       raise ValueError(f"clients_per_round must be >= 1, got {clients_per_round}.")
     if epochs < 1:
@@ -134,6 +139,9 @@ class FedAlgorithm:
       raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}.")
     if chunk_size is not None and chunk_size < 1:
       raise ValueError(f"chunk_size must be >= 1 or None, got {chunk_size}.")
+    if num_clients is not None and num_clients < clients_per_round:
+      raise ValueError(f"num_clients={num_clients} must be >= clients_per_round={clients_per_round}.")
+    self.num_clients = num_clients
     self.loss_fn = loss_fn
     self.partition = partition
     self.phases = tuple(local_phases)
@@ -145,7 +153,8 @@ class FedAlgorithm:
     self.chunk_size = chunk_size
     self.mesh = mesh
     self.client_lr_schedule = client_lr_schedule
-    self.round = jax.jit(self._round)
+    self._rounds = {spread: jax.jit(functools.partial(self._round, spread=spread))
+                    for spread in (False, True)}
     self._prepare_jit = jax.jit(self._prepare)
     self._finish_jit = jax.jit(self._finish)
     self._accumulate = jax.jit(lambda acc, u, u_i, w: jax.tree.map(
@@ -177,7 +186,7 @@ class FedAlgorithm:
   def _prepare(self, state: FedState, data: sim.ClientData):
     """Sampled clients, their batch orders, starting ``v``, weights and lr scale."""
     num_clients, steps = data.mask.shape[:2]
-    idx = self.sample(state, num_clients)
+    idx = self.sample(state, self.num_clients or num_clients)
     # A fresh batch order per client and round (one sort of uniform draws).
     order_key = jax.random.fold_in(jax.random.fold_in(state.key, state.round), 1)
     perms = jnp.argsort(jax.random.uniform(order_key, (self.clients_per_round, steps)), axis=1)
@@ -206,18 +215,33 @@ class FedAlgorithm:
   def _client(self, broadcast, client):
     u, frozen, lr_scale, data = broadcast
     v, i, perm = client
-    # Each client gathers its own batches, so the sampled data is never copied as a whole.
-    x, y, mask = (a[i][perm] for a in data)
+    if data is None:  # the client's own rows were gathered before the client axis was split
+      x, y, mask = (a[perm] for a in i)
+    else:  # each client gathers its own batches, so the sampled data is never copied as a whole
+      x, y, mask = (a[i][perm] for a in data)
     u_i, v_i, metrics = sim.local_train(self.loss_fn, self.partition.merge, self.phases, u, v,
                                         frozen, x, y, mask, epochs=self.epochs, lr_scale=lr_scale)
     return _sub(u, u_i), (v_i, metrics)
 
-  def _round(self, state: FedState, data: sim.ClientData) -> tuple[FedState, dict]:
+  def round(self, state: FedState, data: sim.ClientData) -> tuple[FedState, dict]:
+    """One round (one jitted program). Client-sharded data (rows spread over devices or
+    processes) stay in place: the sampled rows are gathered (masked gather + all-reduce of
+    those rows) and split over the client axis; other data are broadcast to every client."""
+    spread = (self.mesh is not None and isinstance(data.x, jax.Array)
+              and not data.x.sharding.is_fully_replicated)
+    return self._rounds[spread](state, data)
+
+  def _round(self, state: FedState, data: sim.ClientData, *,
+             spread: bool = False) -> tuple[FedState, dict]:
     idx, perms, v, weights, lr_scale = self._prepare(state, data)
-    broadcast = (state.shared, state.frozen, lr_scale, (data.x, data.y, data.mask))
+    arrays = (data.x, data.y, data.mask)
+    if not spread:
+      broadcast, clients = (state.shared, state.frozen, lr_scale, arrays), (v, idx, perms)
+    else:
+      picked = tuple(a[idx] for a in arrays)
+      broadcast, clients = (state.shared, state.frozen, lr_scale, None), (v, picked, perms)
     delta_sum, (new_v, losses) = sim.map_clients(
-        self._client, broadcast, (v, idx, perms), weights, chunk_size=self.chunk_size,
-        mesh=self.mesh)
+        self._client, broadcast, clients, weights, chunk_size=self.chunk_size, mesh=self.mesh)
     return self._finish(state, idx, delta_sum, new_v, losses, weights)
 
   def loop_round(self, state: FedState, data: sim.ClientData) -> tuple[FedState, dict]:
@@ -332,8 +356,8 @@ def evaluate_clients(metric_fn: Callable[[Any, Any, Any], dict[str, jax.Array]],
     the per-client masked sums with their ``count``.
   """
   run = _eval_program(metric_fn, partition.merge, shared_per_client, chunk_size, mesh)
-  per_client = jax.device_get(run(shared, personal, frozen, jnp.asarray(data.x),
-                                  jnp.asarray(data.y), jnp.asarray(data.mask)))
+  per_client = distributed.to_host(run(shared, personal, frozen, jnp.asarray(data.x),
+                                       jnp.asarray(data.y), jnp.asarray(data.mask)))
   return sim.summarize(per_client, percentile=percentile), per_client
 
 

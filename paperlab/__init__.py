@@ -2,14 +2,15 @@
 
 Datasets (`data`, `federated`, `lm`), typed configs and the CLI (`config`), the
 resumable training loop (`loop`), orbax checkpoints (`checkpoint`), metrics
-and the NaN guard (`metrics`), plots, mesh axis names (`mesh`), small models
-and the supervised reference path. It depends on no other package of ours.
+and the NaN guard (`metrics`), plots, mesh axis names (`mesh`), multi-process
+runs (`distributed`, the local launcher `launch`), small models and the
+supervised reference path. It depends on no other package of ours.
 """
 
 import importlib
 
-__all__ = ("checkpoint", "config", "data", "federated", "lm", "loop", "mesh", "metrics", "models",
-           "plots", "supervised")
+__all__ = ("checkpoint", "config", "data", "distributed", "federated", "launch", "lm", "loop", "mesh",
+           "metrics", "models", "plots", "supervised")
 
 
 def __getattr__(name: str):

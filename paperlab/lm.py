@@ -92,16 +92,19 @@ def split_ids(ids: np.ndarray, val_fraction: float) -> tuple[np.ndarray, np.ndar
 
 
 def window_batch(ids: np.ndarray, batch_size: int, seq_len: int, seed: int,
-                 step: int) -> tuple[np.ndarray, np.ndarray]:
+                 step: int, rows: slice | None = None) -> tuple[np.ndarray, np.ndarray]:
   """``(inputs, targets)`` of shape ``[batch_size, seq_len]`` for absolute ``step``.
 
   Offsets are uniform over the corpus, drawn from ``(seed, step)`` only.
+  ``rows`` keeps only those rows of the batch (a process's slice of a batch
+  sharded over several processes); the others are never read.
   """
   if len(ids) <= seq_len + 1:
     raise ValueError(f"Corpus of {len(ids)} ids is too short for seq_len={seq_len}.")
   starts = np.random.default_rng([seed, step]).integers(0, len(ids) - seq_len - 1, batch_size)
-  rows = starts[:, None] + np.arange(seq_len + 1)[None]
-  window = ids[rows]
+  if rows is not None:
+    starts = starts[rows]
+  window = ids[starts[:, None] + np.arange(seq_len + 1)[None]]
   return window[:, :-1], window[:, 1:]
 
 

@@ -5,6 +5,8 @@ same values in long form (``step,name,value``) to ``metrics.csv``; optionally
 to TensorBoard through ``tensorboardX``. Reopened after a restart at step
 ``s``, it drops records newer than ``s`` (they belong to work that was lost
 with the crash and will be redone), so the files never hold a step twice.
+In a multi-process run only process 0 writes the files; the others keep the
+same records in memory.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
+
+from paperlab import distributed
 
 log = logging.getLogger(__name__)
 
@@ -77,16 +81,20 @@ class MetricWriter:
   def __init__(self, workdir: str | pathlib.Path, *, resume_step: int | None = None,
                tensorboard: bool = False):
     self.workdir = pathlib.Path(workdir)
-    self.workdir.mkdir(parents=True, exist_ok=True)
     self.jsonl_path = self.workdir / "metrics.jsonl"
     self.csv_path = self.workdir / "metrics.csv"
+    self._writes = distributed.is_main()
     self.records = read_jsonl(self.jsonl_path)
     if resume_step is None:
       self.records = []
     else:
       self.records = [r for r in self.records if r.get("step", -1) <= resume_step]
-    self._rewrite()
+    distributed.barrier("metric_writer:read")  # every process read the file before it changes
     self._tb = None
+    if not self._writes:
+      return
+    self.workdir.mkdir(parents=True, exist_ok=True)
+    self._rewrite()
     if tensorboard:
       try:
         import tensorboardX  # pylint: disable=g-import-not-at-top
@@ -110,6 +118,8 @@ class MetricWriter:
     """Appends one record; returns it (with Python scalars)."""
     record = {"step": int(step), **{k: _scalar(v) for k, v in metrics.items()}}
     self.records.append(record)
+    if not self._writes:
+      return record
     with open(self.jsonl_path, "a") as f:
       f.write(json.dumps(record) + "\n")
     with open(self.csv_path, "a", newline="") as f:
@@ -139,11 +149,12 @@ class MetricWriter:
 def progress(total: int, *, initial: int = 0, desc: str = "", disable: bool | None = None):
   """A tqdm progress bar with ETA; quiet in non-interactive logs (updates every 10 s).
 
-  Set ``TQDM_DISABLE=1`` to turn it off.
+  Set ``TQDM_DISABLE=1`` to turn it off. Only process 0 of a multi-process
+  run shows it.
   """
   from tqdm.auto import tqdm  # pylint: disable=g-import-not-at-top
   if disable is None:
-    disable = os.environ.get("TQDM_DISABLE", "") not in ("", "0")
+    disable = os.environ.get("TQDM_DISABLE", "") not in ("", "0") or not distributed.is_main()
   interactive = sys.stderr.isatty()
   return tqdm(total=total, initial=initial, desc=desc, disable=disable, dynamic_ncols=True,
               mininterval=0.5 if interactive else 10.0, leave=True)

@@ -1,4 +1,7 @@
-"""Matplotlib figures written as PNG next to the metrics (headless backend)."""
+"""Matplotlib figures written as PNG next to the metrics (headless backend).
+
+In a multi-process run only process 0 writes the files.
+"""
 
 from __future__ import annotations
 
@@ -12,14 +15,17 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from paperlab import distributed  # noqa: E402
+
 Series = Mapping[str, tuple[Sequence[float], Sequence[float]]]
 
 
 def _save(fig, path: str | pathlib.Path) -> pathlib.Path:
   path = pathlib.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
+  if distributed.is_main():
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
   plt.close(fig)
   return path
 

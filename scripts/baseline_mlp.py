@@ -6,6 +6,11 @@ results.json.
 
     python scripts/baseline_mlp.py --preset quick
     python scripts/baseline_mlp.py --preset quick --epochs 2 --lr 0.05 --workdir /tmp/mlp
+    python -m paperlab.launch -n 2 --devices-per-process 2 scripts/baseline_mlp.py \
+        --preset quick --mesh data=4    # data parallel over 2 processes x 2 CPU devices
+
+With ``--mesh data=N`` every batch is sharded over N devices (of one or
+several processes) and each process reads only its devices' rows.
 """
 
 from __future__ import annotations
@@ -17,7 +22,8 @@ import jax
 import optax
 from flax import nnx
 
-from paperlab import config, data, loop, plots, supervised
+from paperlab import config, data, distributed, loop, plots, supervised
+from paperlab import mesh as mesh_lib
 from paperlab.models import MLP
 
 log = logging.getLogger("baseline_mlp")
@@ -37,6 +43,7 @@ class Config:
   seed: int = 0
   log_every: int = 100  # steps per metrics record
   checkpoint_every: int = 500  # a multiple of log_every
+  mesh: str = ""  # e.g. "data=8": batches sharded over the data axis (needed with several processes)
 
   def validate(self) -> None:
     config.require(self.dataset in data.IMAGE_DATASETS,
@@ -49,6 +56,12 @@ class Config:
     config.require(all(h >= 1 for h in self.hidden), f"hidden widths must be >= 1, got {self.hidden}.")
     config.require(self.log_every >= 1 and self.checkpoint_every % self.log_every == 0,
                    "checkpoint_every must be a positive multiple of log_every.")
+    if self.mesh:
+      shape = mesh_lib.parse_mesh(self.mesh)
+      config.require(set(shape) == {mesh_lib.DATA},
+                     f"mesh must have the data axis only (e.g. data=8), got {self.mesh!r}.")
+      config.require(self.batch_size % shape[mesh_lib.DATA] == 0,
+                     f"batch_size={self.batch_size} must be a multiple of the data axis of {self.mesh!r}.")
 
 
 PRESETS = {
@@ -68,7 +81,12 @@ def load_data(name: str) -> tuple[data.ImageDataset, data.ImageDataset]:
 
 
 def main(argv=None) -> dict:
-  cfg, run = config.cli(Config, PRESETS, paper="baseline_mlp", description=__doc__, argv=argv)
+  cfg, run = config.cli(Config, PRESETS, paper="baseline_mlp", description=__doc__, argv=argv,
+                        multiprocess=True)
+  if distributed.process_count() > 1 and not cfg.mesh:
+    raise ValueError(f"mesh: a run over {distributed.process_count()} processes needs "
+                     f"--mesh data={jax.device_count()} (every device of the run).")
+  mesh = mesh_lib.make_mesh(cfg.mesh) if cfg.mesh else None
   train, test = load_data(cfg.dataset)
   x_train, x_test = data.flatten(train.images), data.flatten(test.images)
   steps_per_epoch = data.steps_per_epoch(len(train), cfg.batch_size)
@@ -78,13 +96,13 @@ def main(argv=None) -> dict:
   schedule = optax.cosine_decay_schedule(cfg.lr, num_steps)
   tx = optax.chain(optax.add_decayed_weights(cfg.weight_decay),
                    optax.sgd(schedule, momentum=cfg.momentum))
-  graphdef, state = supervised.init_state(model, tx)
+  graphdef, state = supervised.init_state(model, tx, mesh)
   step_fn = supervised.make_step_fn(graphdef, tx, x_train, train.labels,
-                                    batch_size=cfg.batch_size, seed=cfg.seed)
+                                    batch_size=cfg.batch_size, seed=cfg.seed, mesh=mesh)
 
   def eval_fn(state, step):
     del step
-    return supervised.evaluate(graphdef, state["params"], x_test, test.labels)
+    return supervised.evaluate(graphdef, state["params"], x_test, test.labels, mesh=mesh)
 
   state, history = loop.train(
       state, step_fn=step_fn, num_steps=num_steps, workdir=run.workdir, log_every=cfg.log_every,

@@ -12,6 +12,11 @@ loss and optimizer milliseconds per step, results.json with headline rows.
     python scripts/dion.py --preset quick
     python scripts/dion.py --preset quick --mesh fsdp=4,tp=2   # sharded (8 CPU devices)
     python scripts/dion.py --preset gpu                        # sized for one H100
+    python -m paperlab.launch -n 2 --devices-per-process 4 scripts/dion.py --preset quick \
+        --mesh fsdp=4,tp=2                                     # the same mesh over 2 processes
+
+With a mesh, each batch is sharded over its ``data`` and ``fsdp`` axes and
+every process builds only the rows its devices hold (see docs/distributed.md).
 """
 
 from __future__ import annotations
@@ -21,10 +26,14 @@ import sys
 
 
 def _devices_for_mesh(argv: list[str]) -> None:
-  """With ``--mesh a=N,b=M`` on CPU, simulate N*M devices (must precede ``import jax``)."""
+  """With ``--mesh a=N,b=M`` on CPU, simulate N*M devices (must precede ``import jax``).
+
+  Not in a multi-process run: there the launcher sets each process's devices.
+  """
   spec = next((argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--mesh"), None)
   spec = spec or next((a.split("=", 1)[1] for a in argv if a.startswith("--mesh=")), None)
-  if not spec or "device_count" in os.environ.get("XLA_FLAGS", ""):
+  if (not spec or "device_count" in os.environ.get("XLA_FLAGS", "")
+      or os.environ.get("PAPERLAB_NUM_PROCESSES") or os.environ.get("JAX_NUM_CPU_DEVICES")):
     return
   count = 1
   for part in spec.split(","):
@@ -46,9 +55,10 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 import scipy.linalg  # noqa: E402,F401  (loads the OpenBLAS behind jax's CPU LAPACK calls)
 from flax import nnx  # noqa: E402
+from jax.sharding import NamedSharding  # noqa: E402
 from threadpoolctl import threadpool_limits  # noqa: E402
 
-from paperlab import config, lm, loop, plots  # noqa: E402
+from paperlab import config, distributed, lm, loop, plots  # noqa: E402
 from paperlab import mesh as mesh_lib  # noqa: E402
 from optim import _dion as dion_lib  # noqa: E402
 from optim import labels as labels_lib  # noqa: E402
@@ -161,7 +171,12 @@ class Config:
     for lr in (self.dion_lr, self.muon_lr, self.adamw_lr, self.scalar_lr):
       config.require(lr > 0, f"learning rates must be > 0, got {lr}.")
     if self.mesh:
-      mesh_lib.parse_mesh(self.mesh)
+      shape = mesh_lib.parse_mesh(self.mesh)
+      shards = shape.get(mesh_lib.DATA, 1) * shape.get(mesh_lib.FSDP, 1)
+      for name, size in [("batch_size", self.batch_size), ("eval_windows", self.eval_windows)] + [
+          ("sweep_batch_sizes", b) for b in self.sweep_batch_sizes]:
+        config.require(size % shards == 0, f"{name}={size} must be a multiple of {shards} "
+                       f"(data x fsdp of --mesh {self.mesh}): batches are sharded over those axes.")
 
 
 PRESETS = {
@@ -178,25 +193,31 @@ def _schedule(base: float, steps: int, warmdown: float) -> optax.Schedule:
                                optax.linear_schedule(base, 0.0, decay)], [steps - decay])
 
 
-def _train_arm(cfg: Config, arm: str, batch: int, steps: int, data, run, mesh) -> dict:
-  train_ids, (val_x, val_y), vocab_size = data
+def init_train_state(cfg: Config, arm: str, steps: int, vocab_size: int, mesh=None):
+  """``(graphdef, tx, {"params", "opt_state"})`` of one arm, placed on ``mesh`` if given.
+
+  Every process builds the same initial values from ``cfg.seed``; on a mesh
+  each process keeps only its devices' shards (`paperlab.distributed.put`).
+  """
   model = lm.CharGPT(vocab_size, cfg.d_model, cfg.layers, cfg.heads, cfg.seq_len,
                      rngs=nnx.Rngs(cfg.seed))
   graphdef, state = nnx.split(model)
   params = nnx.to_pure_dict(state)
   specs = param_specs(params, mesh) if mesh is not None else None
   if mesh is not None:
-    params = jax.tree.map(lambda x, s: jax.device_put(x, jax.sharding.NamedSharding(mesh, s)),
-                          params, specs)
+    params = distributed.put(params, jax.tree.map(lambda s: NamedSharding(mesh, s), specs))
   sched = lambda base: _schedule(base, steps, cfg.warmdown)
   tx = arm_optimizer(arm, cfg, sched, mesh=mesh, specs=specs)
   train_state = {"params": params, "opt_state": jax.jit(tx.init)(params)}
-  if mesh is not None:  # leaves that do not depend on the params (counts) come out on one device
-    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  if mesh is not None:  # leaves that do not depend on the params (counts) may sit on one device
+    on_mesh = lambda x: isinstance(x.sharding, NamedSharding) and x.sharding.mesh == mesh
     train_state = jax.tree.map(
-        lambda x: jax.device_put(x, replicated)
-        if isinstance(x.sharding, jax.sharding.SingleDeviceSharding) else x, train_state)
+        lambda x: x if on_mesh(x) else distributed.put(x, mesh_lib.replicated(mesh)), train_state)
+  return graphdef, tx, train_state
 
+
+def make_chunk(graphdef, tx):
+  """``chunk(state, xs, ys) -> (state, {"loss"})``: one `lax.scan` over ``[n, B, T]`` batches."""
   def loss_of(p, x, y):
     return lm.loss_fn(nnx.merge(graphdef, p), x, y)
 
@@ -208,13 +229,44 @@ def _train_arm(cfg: Config, arm: str, batch: int, steps: int, data, run, mesh) -
       return {"params": optax.apply_updates(s["params"], updates), "opt_state": opt_state}, loss
     s, losses = jax.lax.scan(body, s, (xs, ys))
     return s, {"loss": losses.mean()}
+  return chunk
+
+
+def train_batches(ids: np.ndarray, batch: int, seq_len: int, seed: int, step: int, n: int,
+                  mesh=None):
+  """Inputs and targets ``[n, batch, seq_len]`` of the absolute steps ``step .. step+n-1``.
+
+  With a mesh the batch axis is sharded over ``data`` x ``fsdp`` and each
+  process draws only the rows of its own devices.
+  """
+  if mesh is None:
+    xs, ys = zip(*(lm.window_batch(ids, batch, seq_len, seed, t) for t in range(step, step + n)))
+    return np.stack(xs), np.stack(ys)
+  sharding = mesh_lib.sharding(mesh, None, (mesh_lib.DATA, mesh_lib.FSDP), None)
+
+  def fetch(which):
+    def rows(index):
+      ts = range(step, step + n)[index[0]]
+      return np.stack([lm.window_batch(ids, batch, seq_len, seed, t, rows=index[1])[which]
+                       for t in ts])[:, :, index[2]]
+    return rows
+  shape = (n, batch, seq_len)
+  return (distributed.from_callback(sharding, shape, fetch(0)),
+          distributed.from_callback(sharding, shape, fetch(1)))
+
+
+def _train_arm(cfg: Config, arm: str, batch: int, steps: int, data, run, mesh) -> dict:
+  train_ids, (val_x, val_y), vocab_size = data
+  graphdef, tx, train_state = init_train_state(cfg, arm, steps, vocab_size, mesh)
+  chunk = make_chunk(graphdef, tx)
 
   def step_fn(s, step, n):
-    xs, ys = zip(*(lm.window_batch(train_ids, batch, cfg.seq_len, cfg.seed, t)
-                   for t in range(step, step + n)))
-    return chunk(s, np.stack(xs), np.stack(ys))
+    return chunk(s, *train_batches(train_ids, batch, cfg.seq_len, cfg.seed, step, n, mesh))
 
-  val_loss = jax.jit(loss_of)
+  if mesh is not None:  # the evaluation windows are sharded like a batch
+    rows = mesh_lib.sharding(mesh, (mesh_lib.DATA, mesh_lib.FSDP), None)
+    val_x, val_y = distributed.from_rows(rows, val_x), distributed.from_rows(rows, val_y)
+  val_loss = jax.jit(lambda p, x, y: lm.loss_fn(nnx.merge(graphdef, p), x, y))
   eval_every = max(cfg.log_every, cfg.eval_every * cfg.batch_size // batch // cfg.log_every
                    * cfg.log_every)
   t0 = time.perf_counter()
@@ -257,7 +309,7 @@ def _load(cfg: Config):
 
 
 def main() -> None:
-  cfg, run = config.cli(Config, PRESETS, paper="dion", description=__doc__)
+  cfg, run = config.cli(Config, PRESETS, paper="dion", description=__doc__, multiprocess=True)
   threadpool_limits(1, user_api="blas")
   mesh = mesh_lib.make_mesh(cfg.mesh) if cfg.mesh else None
   data = _load(cfg)

@@ -17,6 +17,13 @@ clients and a GRU.
     python scripts/fed_partial.py --preset quick
     python scripts/fed_partial.py --preset fmnist --rounds 60
     python scripts/fed_partial.py --preset shakespeare
+    python -m paperlab.launch -n 2 --devices-per-process 4 scripts/fed_partial.py \
+        --preset quick --mesh clients=8    # the client axis over 2 processes x 4 CPU devices
+
+With ``--mesh clients=N`` the client data live sharded over the mesh (the
+client axis padded with empty clients to a multiple of N); each process puts
+only its own clients on its devices, and a round gathers just the sampled
+clients' rows.
 """
 
 from __future__ import annotations
@@ -30,8 +37,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
 
-from paperlab import config, loop, plots
+from paperlab import config, distributed, loop, plots
+from paperlab import mesh as mesh_lib
 from fed import algorithms as alg
 from fed import datasets, models
 from fed import personalization as pz
@@ -77,6 +86,7 @@ class Config:
   weighting: str = "examples"  # examples | batches | uniform
   chunk_size: int = 0  # clients per vmap (0: all sampled clients at once)
   eval_every: int = 10  # rounds between evaluations (and metrics records)
+  mesh: str = ""  # e.g. "clients=8": client axis sharded over the mesh (needed with several processes)
   seed: int = 0
 
   def validate(self) -> None:
@@ -104,6 +114,9 @@ class Config:
         f"splits must be among {pz.SPLITS[1:]}, got {self.splits}.")
     req(all(a in ("fedalt", "fedsim") for a in self.algorithms),
         f"algorithms must be among ('fedalt', 'fedsim'), got {self.algorithms}.")
+    if self.mesh:
+      req(set(mesh_lib.parse_mesh(self.mesh)) == {mesh_lib.CLIENTS},
+          f"mesh must have the clients axis only (e.g. clients=8), got {self.mesh!r}.")
 
 
 PRESETS = {
@@ -154,20 +167,37 @@ class Experiment:
 
   def __init__(self, cfg: Config, run: config.Run):
     self.cfg, self.run = cfg, run
+    if distributed.process_count() > 1 and not cfg.mesh:
+      raise ValueError(f"mesh: a run over {distributed.process_count()} processes needs "
+                       f"--mesh clients={jax.device_count()} (every device of the run).")
+    self.mesh = mesh_lib.make_mesh(cfg.mesh) if cfg.mesh else None
     self.fd, self.graphdef, self.params, self.loss_fn, self.metric_fn = build_task(cfg)
-    self.train = sim.ClientData(*(jnp.asarray(a) for a in self.fd.train))
-    self.test = sim.ClientData(*(jnp.asarray(a) for a in self.fd.test))
+    self.rows = self.fd.num_clients  # client rows of every per-client array
+    if self.mesh is None:
+      self.train = sim.ClientData(*(jnp.asarray(a) for a in self.fd.train))
+      self.test = sim.ClientData(*(jnp.asarray(a) for a in self.fd.test))
+    else:
+      self.rows += -self.rows % mesh_lib.axis_size(self.mesh, mesh_lib.CLIENTS)
+      self.train, self.test = self._shard(self.fd.train), self._shard(self.fd.test)
     self.cache_path = run.path("cells.json")
     self.cells = config.load_json(self.cache_path) if self.cache_path.exists() else {}
+    distributed.barrier("fed_partial:cells")  # every process read the same cache
     self.chunk = cfg.chunk_size or None
+
+  def _shard(self, data: sim.ClientData) -> sim.ClientData:
+    """Client rows padded with empty clients, sharded over 'clients'; each process reads its own."""
+    sharding = NamedSharding(self.mesh, PartitionSpec(mesh_lib.CLIENTS))
+    pad = lambda a: np.pad(np.asarray(a), [(0, self.rows - len(a))] + [(0, 0)] * (np.ndim(a) - 1))
+    return sim.ClientData(*(distributed.from_rows(sharding, pad(a)) for a in data))
 
   def evaluate(self, part, shared, personal, frozen, **kw) -> dict[str, float]:
     return alg.evaluate_clients(self.metric_fn, part, shared, personal, frozen, self.test,
-                                chunk_size=self.chunk, **kw)[0]
+                                chunk_size=self.chunk, mesh=self.mesh, **kw)[0]
 
   def _save(self, name: str, cell: dict) -> dict:
     self.cells[name] = cell
-    config.save_json(self.cache_path, self.cells)
+    if distributed.is_main():
+      config.save_json(self.cache_path, self.cells)
     log.info("%s: %s", name, {k: v for k, v in cell.items() if k != "history"})
     return cell
 
@@ -181,8 +211,9 @@ class Experiment:
         alg.phases(algorithm, optax.sgd(lr), personal_tx=optax.sgd(cfg.personal_lr),
                    personal_steps=cfg.personal_steps or None, shared_steps=cfg.shared_steps or None),
         alg.server_optimizer(cfg.server_optimizer, cfg.server_lr), clients_per_round=cfg.clients_per_round,
-        stateful=stateful, weighting=cfg.weighting, chunk_size=self.chunk)
-    n = self.fd.num_clients
+        stateful=stateful, weighting=cfg.weighting, chunk_size=self.chunk, mesh=self.mesh,
+        num_clients=self.fd.num_clients)
+    n = self.rows
 
     def eval_fn(state, step):
       del step
@@ -191,6 +222,8 @@ class Experiment:
 
     every = max(1, min(cfg.eval_every, rounds))
     state = a.init(params, n, jax.random.key(cfg.seed + 1))
+    if self.mesh is not None:
+      state = distributed.put(state, mesh_lib.replicated(self.mesh))
     state, history = loop.train(state, step_fn=a.step_fn(self.train), num_steps=rounds,
                                 workdir=self.run.path(name), log_every=every,
                                 checkpoint_every=every * max(1, 50 // every), eval_fn=eval_fn,
@@ -214,8 +247,9 @@ class Experiment:
       return self.cells[name]
     part = pz.Partition(pretrained, pz.label_params(pretrained, split))
     u, v, frozen = part.split(pretrained)
-    u_i, v_i = alg.local_finetune(self.loss_fn, part, [phase], u, pz.stack(v, self.fd.num_clients),
-                                  frozen, self.train, epochs=self.cfg.finetune_epochs, chunk_size=self.chunk)
+    u_i, v_i = alg.local_finetune(self.loss_fn, part, [phase], u, pz.stack(v, self.rows), frozen,
+                                  self.train, epochs=self.cfg.finetune_epochs, chunk_size=self.chunk,
+                                  mesh=self.mesh)
     s = self.evaluate(part, u if u_i == () else u_i, v_i, frozen, shared_per_client=u_i != ())
     return self._save(name, {"acc_mean": s["acc_mean"], "acc_p10": s["acc_p10"]})
 
@@ -226,12 +260,12 @@ class Experiment:
     cfg = self.cfg
     a, state, history = self.federated(name, split, algorithm, pretrained, rounds=cfg.rounds,
                                        lr=cfg.client_lr, stateful=stateful)
-    personal = a.client_personal(state, self.fd.num_clients)
+    personal = a.client_personal(state, self.rows)
     if cfg.final_epochs > 0:  # the reference code's final personal-only pass on every client
       _, personal = alg.local_finetune(self.loss_fn, a.partition,
                                        [sim.Phase("personal", optax.sgd(cfg.personal_lr))], state.shared,
                                        personal, state.frozen, self.train, epochs=cfg.final_epochs,
-                                       chunk_size=self.chunk)
+                                       chunk_size=self.chunk, mesh=self.mesh)
     s = self.evaluate(a.partition, state.shared, personal, state.frozen)
     return self._save(name, {"acc_mean": s["acc_mean"], "acc_p10": s["acc_p10"],
                              "personal_fraction": a.partition.personal_fraction,
@@ -249,7 +283,8 @@ def _fmt(cell: dict | None, key: str) -> str:
 
 
 def main(argv=None) -> dict:
-  cfg, run = config.cli(Config, PRESETS, paper="fed_partial", description=__doc__, argv=argv)
+  cfg, run = config.cli(Config, PRESETS, paper="fed_partial", description=__doc__, argv=argv,
+                        multiprocess=True)
   exp = Experiment(cfg, run)
   base, pretrained = exp.pretrain()
   modes = (True, False) if cfg.stateless else (True,)
@@ -277,9 +312,10 @@ def main(argv=None) -> dict:
   lines.append(f"| full, Ditto (prox {cfg.ditto_prox}) | 100% | {_fmt(ditto, 'acc_mean')} "
                f"({_fmt(ditto, 'acc_p10')}) |" + " - |" * (len(columns) - 1))
   markdown = "\n".join(lines)
-  run.path("table.md").write_text(f"Mean personalized test accuracy % (10th percentile), {exp.fd.name}\n\n"
-                                   + markdown + "\n")
-  print(markdown)
+  if distributed.is_main():
+    run.path("table.md").write_text(f"Mean personalized test accuracy % (10th percentile), {exp.fd.name}\n\n"
+                                     + markdown + "\n")
+    print(markdown)
 
   series = {"FedAvg pretraining": (base["history"]["round"], base["history"]["acc_mean"])}
   offset = cfg.pretrain_rounds

@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import dataclasses
 import pathlib
+import sys
 
 import tyro
 
-from paperlab import data
+from paperlab import data, distributed
 
 # TFDS names; emnist defaults to the 62-class "byclass" config.
 _TFDS_NAMES = {"mnist": "mnist", "fashion_mnist": "fashion_mnist", "cifar10": "cifar10",
@@ -35,6 +36,7 @@ class Args:
 
 
 def main(argv=None) -> None:
+  distributed.require_single_process("scripts/prepare_data.py", sys.argv[1:] if argv is None else argv)
   args = tyro.cli(Args, args=argv, description=__doc__)
   if not args.names:
     raise SystemExit(f"error: name at least one dataset: {', '.join(_TFDS_NAMES)}.")

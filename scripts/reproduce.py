@@ -24,6 +24,8 @@ from typing import Literal
 
 import tyro
 
+from paperlab import distributed
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 # key -> (script, paper). The order is the order of the summary table.
@@ -93,6 +95,7 @@ def summary_markdown(outcomes: list[dict], args: Args, total_s: float) -> str:
 
 
 def main(argv=None) -> int:
+  distributed.require_single_process("scripts/reproduce.py", sys.argv[1:] if argv is None else argv)
   args = tyro.cli(Args, args=argv, description=__doc__ + "\nRegistered: " + ", ".join(REGISTRY))
   unknown = [k for k in args.only if k not in REGISTRY]
   if unknown:
