@@ -1,16 +1,17 @@
 """paperlab: the shared run kit of the six paper packages.
 
 Datasets (`data`, `federated`, `lm`), typed configs and the CLI (`config`), the
-resumable training loop (`loop`), orbax checkpoints (`checkpoint`), metrics
-and the NaN guard (`metrics`), plots, mesh axis names (`mesh`), multi-process
-runs (`distributed`, the local launcher `launch`), small models and the
-supervised reference path. It depends on no other package of ours.
+resumable training loop (`loop`), orbax checkpoints (`checkpoint`), metrics,
+the NaN guard and the progress bar (`metrics`), run directories, forks and
+results (`runs`), atomic strict-JSON files (`files`), plots, mesh axis names
+(`mesh`), multi-process runs (`distributed`, the local launcher `launch`), small
+models and the supervised reference path. It depends on no other package of ours.
 """
 
 import importlib
 
-__all__ = ("checkpoint", "config", "data", "distributed", "federated", "launch", "lm", "loop", "mesh",
-           "metrics", "models", "plots", "supervised")
+__all__ = ("checkpoint", "config", "data", "distributed", "federated", "files", "launch", "lm",
+           "loop", "mesh", "metrics", "models", "plots", "runs", "supervised")
 
 
 def __getattr__(name: str):

@@ -1,4 +1,4 @@
-"""Orbax checkpoints of a training state: periodic save, resume, bounded history.
+"""Orbax checkpoints of a training state: periodic save, verified resume, bounded history.
 
 `Checkpointer` wraps `orbax.checkpoint.CheckpointManager` for the one thing a
 training loop needs: save a pytree of arrays every K steps and, at start-up,
@@ -8,11 +8,18 @@ Behaviour, as documented to users:
 
 * **No checkpoint** in the directory (or no directory): `restore` returns
   ``None`` and the run starts fresh.
+* **Integrity.** Every save records, in the checkpoint's own orbax metadata
+  (``custom_metadata``, written inside the step directory before orbax
+  finalises it), the CRC-32 of the bytes of every saved array with its dtype
+  and shape. `restore` recomputes them on the restored arrays; a mismatch
+  (e.g. bytes of a data file overwritten, even with its size kept) is a
+  `CheckpointError` naming the step directory and the first bad leaf.
+  Checkpoints written before checksums existed restore unverified (a warning).
 * **A checkpoint that cannot be read** (truncated files, a state whose
-  structure or shapes no longer match the code): `restore` raises
-  `CheckpointError` naming the step directory, with the two ways out (delete
-  that step to fall back to the previous one, or start over with ``--fresh``).
-  It never silently starts over on top of existing work.
+  structure or shapes no longer match the code, a checksum mismatch):
+  `restore` raises `CheckpointError` naming the step directory, with the two
+  ways out (delete that step to fall back to the previous one, or start over
+  with ``--fresh``). It never silently starts over on top of existing work.
 * Saves are synchronous and atomic (orbax writes to a temporary directory and
   renames it), so a crash mid-save leaves the previous checkpoint intact.
 
@@ -22,8 +29,16 @@ raw key data and re-wrapped on restore.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import logging
 import pathlib
+import shutil
+import sys
+import threading
+import time
+import zlib
+from collections.abc import Iterator
 from typing import Any
 
 import jax
@@ -31,7 +46,14 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
+from paperlab import files
+
 log = logging.getLogger(__name__)
+
+_CHECKSUMS = "paperlab_checksums"
+# In the checkpoint directory: the first step saved with checksums. Every later step must
+# have them, so a damaged metadata file cannot turn verification off.
+MARKER = "paperlab_checkpoints.json"
 
 
 class CheckpointError(RuntimeError):
@@ -67,6 +89,65 @@ def _abstract(tree: Any) -> Any:
   return jax.tree.map(spec, tree)
 
 
+def checksums(tree: Any) -> dict[str, dict[str, Any]]:
+  """``{leaf path: {"crc32", "dtype", "shape"}}`` of the arrays of ``tree``.
+
+  Arrays that this process cannot see whole (multi-process shards) are listed
+  without a ``crc32``.
+  """
+  out = {}
+  for path, x in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    entry: dict[str, Any] = {"dtype": str(np.dtype(x.dtype)), "shape": list(np.shape(x))}
+    if not isinstance(x, jax.Array) or x.is_fully_addressable:
+      data = np.ascontiguousarray(np.asarray(x))
+      entry["crc32"] = zlib.crc32(data.view(np.uint8).reshape(-1) if data.size else b"")
+    out[jax.tree_util.keystr(path)] = entry
+  return out
+
+
+def _first_mismatch(saved: dict[str, dict[str, Any]], restored: dict[str, dict[str, Any]]) -> str | None:
+  if set(saved) != set(restored):
+    return f"leaves differ: saved {sorted(set(saved) - set(restored))[:3]} vs {sorted(set(restored) - set(saved))[:3]}"
+  for path, want in saved.items():
+    got = restored[path]
+    for field in ("dtype", "shape", "crc32"):
+      if field in want and field in got and want[field] != got[field]:
+        return f"leaf {path}: {field} {got[field]} != saved {want[field]}"
+  return None
+
+
+@contextlib.contextmanager
+def _quiet_background_errors() -> Iterator[None]:
+  """Sends the tracebacks of orbax's background reads (after one failed) to the debug log.
+
+  A failed read makes orbax's other pending coroutines and threads die noisily
+  on stderr; the restore error itself is raised normally.
+  """
+  old_unraisable, old_thread = sys.unraisablehook, threading.excepthook
+  sys.unraisablehook = lambda info: log.debug("orbax background error: %s", info.exc_value)
+  threading.excepthook = lambda args: log.debug("orbax background error: %s", args.exc_value)
+  try:
+    yield
+  except BaseException:
+    gc.collect()  # finalise the abandoned coroutines while the hooks are in place
+    time.sleep(0.05)
+    raise
+  finally:
+    sys.unraisablehook, threading.excepthook = old_unraisable, old_thread
+
+
+def _first_line(e: BaseException) -> str:
+  text = (str(e).strip().splitlines() or [""])[0]
+  return (text[:200] + "...") if len(text) > 200 else text
+
+
+def _fallback_advice(step_dir: pathlib.Path, steps: list[int]) -> str:
+  older = [s for s in steps if str(s) != step_dir.name]
+  fallback = (f"delete {step_dir} to resume from the previous checkpoint (step {older[-1]})"
+              if older else f"delete {step_dir} to start this part of the run over")
+  return f"Either {fallback}, or start the whole run over with --fresh."
+
+
 class Checkpointer:
   """Saves and restores one pytree state under ``directory``.
 
@@ -81,7 +162,8 @@ class Checkpointer:
     self.directory = pathlib.Path(directory).absolute()
     options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
                                            enable_async_checkpointing=False)
-    self._manager = ocp.CheckpointManager(self.directory, options=options)
+    self._manager = ocp.CheckpointManager(self.directory, options=options,
+                                          item_handlers=ocp.StandardCheckpointHandler())
 
   def latest_step(self) -> int | None:
     """Newest saved step, or None."""
@@ -91,12 +173,29 @@ class Checkpointer:
     return sorted(self._manager.all_steps())
 
   def save(self, step: int, state: Any) -> None:
-    """Saves ``state`` as checkpoint ``step`` (overwriting nothing: a step is saved once)."""
+    """Saves ``state`` as checkpoint ``step`` with a checksum per array.
+
+    A step is saved once: saving an existing step does nothing.
+    """
     if step in self._manager.all_steps():
       return
-    self._manager.save(int(step), args=ocp.args.StandardSave(_to_storable(state)), force=True)
+    storable = _to_storable(state)
+    if self._checksums_from() is None:
+      files.save_json(self.directory / MARKER, {"checksums_from_step": int(step)})
+    self._manager.save(int(step), args=ocp.args.StandardSave(storable), force=True,
+                       custom_metadata={_CHECKSUMS: checksums(storable)})
     self._manager.wait_until_finished()
     log.debug("Saved checkpoint %d in %s", step, self.directory)
+
+  def _checksums_from(self) -> int | None:
+    path = self.directory / MARKER
+    if not path.exists():
+      return None
+    try:
+      return int(files.load_json(path)["checksums_from_step"])
+    except (ValueError, KeyError, TypeError) as e:
+      raise CheckpointError(f"{path} is damaged ({e}); delete {self.directory} to start this part "
+                            "of the run over, or start the whole run over with --fresh.") from e
 
   def restore(self, template: Any, step: int | None = None) -> tuple[Any, int] | None:
     """Restores checkpoint ``step`` (default: the newest) into ``template``'s structure.
@@ -105,23 +204,38 @@ class Checkpointer:
       ``(state, step)``, or None if there is no checkpoint.
 
     Raises:
-      CheckpointError: the checkpoint exists but cannot be read into ``template``.
+      CheckpointError: the checkpoint exists but cannot be read into
+        ``template``, or its arrays do not match their saved checksums.
     """
     step = self.latest_step() if step is None else step
     if step is None:
       return None
+    step_dir = self.directory / str(step)
     target = _abstract(_to_storable(template))
     try:
-      stored = self._manager.restore(step, args=ocp.args.StandardRestore(target))
-      state = _from_storable(stored, template)
+      saved_sums = (self._manager.metadata(step).custom_metadata or {}).get(_CHECKSUMS)
+      with _quiet_background_errors():
+        stored = self._manager.restore(step, args=ocp.args.StandardRestore(target))
       # Orbax may hand back a different container type; keep the caller's.
-      state = jax.tree.unflatten(jax.tree.structure(template), jax.tree.leaves(state))
+      stored = jax.tree.unflatten(jax.tree.structure(target), jax.tree.leaves(stored))
+      problem = None if saved_sums is None else _first_mismatch(saved_sums, checksums(stored))
+      state = _from_storable(stored, template)
     except Exception as e:  # orbax raises many types for unreadable data
       raise CheckpointError(
-          f"Could not restore checkpoint {step} from {self.directory / str(step)}: "
-          f"{type(e).__name__}: {str(e)[:500]}\n"
-          f"Either delete {self.directory / str(step)} to resume from the previous checkpoint "
-          f"(steps present: {self.all_steps()}), or start over with --fresh.") from e
+          f"Could not restore checkpoint {step} from {step_dir}: {type(e).__name__}: "
+          f"{_first_line(e)} {_fallback_advice(step_dir, self.all_steps())}") from e
+    if problem is not None:
+      raise CheckpointError(
+          f"Checkpoint {step_dir} is corrupted: its data do not match the checksums saved with it "
+          f"({problem}). {_fallback_advice(step_dir, self.all_steps())}")
+    first = self._checksums_from()
+    if saved_sums is None and first is not None and step >= first:
+      raise CheckpointError(
+          f"Checkpoint {step_dir} has lost the checksums saved with it (its orbax metadata file is "
+          f"damaged or missing). {_fallback_advice(step_dir, self.all_steps())}")
+    if saved_sums is None:
+      log.warning("Checkpoint %s has no checksums (written by an older version); restored unverified.",
+                  step_dir)
     log.info("Restored checkpoint %d from %s", step, self.directory)
     return state, step
 
@@ -133,6 +247,39 @@ class Checkpointer:
 
   def __exit__(self, *exc) -> None:
     self.close()
+
+
+def copy_steps(src: str | pathlib.Path, dst: str | pathlib.Path, max_step: int | None = None) -> int | None:
+  """Copies the checkpoints of ``src`` with step <= ``max_step`` (all: None) to ``dst``.
+
+  Works for `Checkpointer` directories (one sub-directory per step) and
+  `save_flat` directories (``step_<n>.npz``). Unfinished saves (temporary
+  directories or files) are not copied.
+
+  Returns:
+    The newest step copied, or None if none qualified.
+  """
+  src, dst = pathlib.Path(src), pathlib.Path(dst)
+  dst.mkdir(parents=True, exist_ok=True)
+  newest = None
+  for entry in sorted(src.iterdir()):
+    name = entry.name
+    if name == MARKER:
+      shutil.copy2(entry, dst / name)
+      continue
+    flat = name.startswith("step_") and name.endswith(".npz")
+    digits = name[5:-4] if flat else name
+    if not digits.isdigit():
+      continue  # orbax temporaries, flat-save temporaries
+    step = int(digits)
+    if max_step is not None and step > max_step:
+      continue
+    if entry.is_dir():
+      shutil.copytree(entry, dst / name)
+    else:
+      shutil.copy2(entry, dst / name)
+    newest = step if newest is None else max(newest, step)
+  return newest
 
 
 # ---------------------------------------------------------------------------

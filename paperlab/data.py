@@ -60,7 +60,7 @@ _HOW_TO_GET = (
     "To use {name!r}, prepare it as a TFDS dataset on a machine with internet access:\n"
     "    pip install '.[tf]' && python scripts/prepare_data.py {name}\n"
     "then copy the data directory (default ~/tensorflow_datasets) here, or point "
-    "$TFDS_DATA_DIR / --data_dir at it.{extra}")
+    "$TFDS_DATA_DIR (or a script's --data-dir option) at it.{extra}")
 
 
 @dataclasses.dataclass(frozen=True)

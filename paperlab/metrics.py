@@ -1,60 +1,120 @@
-"""Metric logging, a NaN guard and a progress bar.
+"""Metric logging, the NaN guard, and one progress bar per script run.
 
 `MetricWriter` appends one JSON record per call to ``metrics.jsonl`` and the
 same values in long form (``step,name,value``) to ``metrics.csv``; optionally
 to TensorBoard through ``tensorboardX``. Reopened after a restart at step
 ``s``, it drops records newer than ``s`` (they belong to work that was lost
-with the crash and will be redone), so the files never hold a step twice.
-In a multi-process run only process 0 writes the files; the others keep the
-same records in memory.
+with the crash and will be redone) and rewrites both files atomically, so the
+files never hold a step twice and a line torn by a crash is dropped. In a
+multi-process run only process 0 writes the files; the others keep the same
+records in memory.
+
+`nonfinite_leaves` is the state half of the NaN guard: one jitted reduction
+over every floating leaf (no host copy of the state) that names the leaves
+holding a NaN or an infinity. `check_finite` is the metrics half.
+
+`RunProgress` is the one progress bar of a script run: every training loop
+and phase of the script advances it, its ETA covers the whole run, and every
+``log_every_s`` seconds of wall time (also while a long jitted call blocks the
+main thread) it writes a progress line to the log. Only process 0 of a
+multi-process run shows it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import io
 import json
 import logging
 import math
 import os
 import pathlib
 import sys
-from collections.abc import Iterable, Mapping
+import threading
+import time
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
-from paperlab import distributed
+from paperlab import distributed, files
 
 log = logging.getLogger(__name__)
 
 
 class NonFiniteError(FloatingPointError):
-  """A tracked metric became NaN or infinite; the run was stopped."""
+  """A tracked metric or a state leaf became NaN or infinite; the run was stopped.
+
+  Attributes:
+    step: the step whose chunk produced the non-finite values.
+    workdir: the training loop's directory (None outside `paperlab.loop`).
+    last_good: the step of the newest checkpoint kept (None: no checkpoint).
+  """
+
+  def __init__(self, message: str, *, step: int | None = None,
+               workdir: pathlib.Path | None = None, last_good: int | None = None):
+    super().__init__(message)
+    self.step, self.workdir, self.last_good = step, workdir, last_good
+
+
+def bad_metrics(metrics: Mapping[str, Any], keys: Iterable[str] | None = None) -> dict[str, float]:
+  """The (selected) scalar metrics that are NaN or infinite."""
+  keys = None if keys is None else set(keys)
+  return {k: float(v) for k, v in metrics.items()
+          if (keys is None or k in keys) and not isinstance(v, str) and np.ndim(v) == 0
+          and not math.isfinite(float(v))}
 
 
 def check_finite(step: int, metrics: Mapping[str, Any], keys: Iterable[str] | None = None) -> None:
   """Raises `NonFiniteError` if any (selected) scalar metric is NaN or infinite."""
-  bad = {k: v for k, v in metrics.items()
-         if (keys is None or k in keys) and not isinstance(v, str) and np.ndim(v) == 0
-         and not math.isfinite(float(v))}
+  bad = bad_metrics(metrics, keys)
   if bad:
     raise NonFiniteError(
-        f"Non-finite metrics at step {step}: {bad}. The run was stopped; the last good "
-        "checkpoint is kept. Lower the learning rate or check the data, then rerun to resume "
-        "from that checkpoint (or --fresh to start over).")
+        f"Non-finite metrics at step {step}: {bad}. The run was stopped before saving anything "
+        "of this step; the last good checkpoint is kept.", step=step)
 
 
-def _scalar(v: Any) -> float | int | str:
+def _is_float_leaf(x: Any) -> bool:
+  dtype = getattr(x, "dtype", None)
+  return dtype is not None and jnp.issubdtype(dtype, jnp.inexact)
+
+
+@jax.jit
+def _finite_flags(leaves: list[jax.Array]) -> jax.Array:
+  return jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves])
+
+
+def nonfinite_leaves(tree: Any) -> list[str]:
+  """Paths of the floating-point leaves of ``tree`` that hold a NaN or an inf.
+
+  One jitted all-finite reduction per leaf, stacked into a vector of booleans:
+  only that vector is copied to the host. Integer, boolean and PRNG-key leaves
+  are not checked.
+  """
+  flat = [(path, x) for path, x in jax.tree_util.tree_flatten_with_path(tree)[0]
+          if _is_float_leaf(x)]
+  if not flat:
+    return []
+  flags = np.asarray(jax.device_get(_finite_flags([x for _, x in flat])))
+  return [jax.tree_util.keystr(path) for (path, _), ok in zip(flat, flags) if not ok]
+
+
+def _scalar(v: Any) -> float | int | str | None:
   if isinstance(v, str):
     return v
   arr = np.asarray(v)
   if arr.ndim != 0:
     raise ValueError(f"Metric values must be scalars, got shape {arr.shape}.")
-  return int(arr) if np.issubdtype(arr.dtype, np.integer) else float(arr)
+  if np.issubdtype(arr.dtype, np.integer) or arr.dtype == bool:
+    return int(arr)
+  return float(arr)
 
 
 def read_jsonl(path: str | pathlib.Path) -> list[dict[str, Any]]:
-  """All records of a ``metrics.jsonl`` file ([] if missing)."""
+  """All records of a ``metrics.jsonl`` file ([] if missing); torn lines are skipped."""
   path = pathlib.Path(path)
   if not path.exists():
     return []
@@ -65,7 +125,7 @@ def read_jsonl(path: str | pathlib.Path) -> list[dict[str, Any]]:
       try:
         records.append(json.loads(line))
       except json.JSONDecodeError:
-        log.warning("Skipping a truncated line in %s", path)
+        log.warning("Skipping a torn line in %s (a crash while it was written).", path)
   return records
 
 
@@ -94,7 +154,7 @@ class MetricWriter:
     if not self._writes:
       return
     self.workdir.mkdir(parents=True, exist_ok=True)
-    self._rewrite()
+    self.sync()
     if tensorboard:
       try:
         import tensorboardX  # pylint: disable=g-import-not-at-top
@@ -102,36 +162,45 @@ class MetricWriter:
         raise ValueError("tensorboard=True needs the tensorboardX package: pip install tensorboardX") from e
       self._tb = tensorboardX.SummaryWriter(str(self.workdir / "tb"))
 
-  def _rewrite(self) -> None:
-    with open(self.jsonl_path, "w") as f:
-      for r in self.records:
-        f.write(json.dumps(r) + "\n")
-    with open(self.csv_path, "w", newline="") as f:
-      w = csv.writer(f)
-      w.writerow(["step", "name", "value"])
-      for r in self.records:
-        for k, v in r.items():
-          if k != "step":
-            w.writerow([r["step"], k, v])
+  @staticmethod
+  def _csv_rows(records: Iterable[Mapping[str, Any]]) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    for r in records:
+      for k, v in r.items():
+        if k != "step":
+          w.writerow([r["step"], k, "" if v is None else v])
+    return buf.getvalue()
 
-  def write(self, step: int, metrics: Mapping[str, Any]) -> dict[str, Any]:
-    """Appends one record; returns it (with Python scalars)."""
-    record = {"step": int(step), **{k: _scalar(v) for k, v in metrics.items()}}
+  def sync(self) -> None:
+    """Rewrites both files from the records in memory (atomically)."""
+    files.atomic_write_text(self.jsonl_path, "".join(files.dumps(r) + "\n" for r in self.records))
+    files.atomic_write_text(self.csv_path, "step,name,value\r\n" + self._csv_rows(self.records))
+
+  @staticmethod
+  def make_record(step: int, metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """``{"step": step, **metrics}`` with Python scalars (non-finite values as None)."""
+    record, _ = files.to_strict_json({"step": int(step), **{k: _scalar(v) for k, v in metrics.items()}})
+    return record
+
+  def append(self, record: dict[str, Any]) -> dict[str, Any]:
+    """Appends a `make_record` record: in memory first, then one line per file."""
     self.records.append(record)
     if not self._writes:
       return record
     with open(self.jsonl_path, "a") as f:
-      f.write(json.dumps(record) + "\n")
+      f.write(json.dumps(record, allow_nan=False) + "\n")
     with open(self.csv_path, "a", newline="") as f:
-      w = csv.writer(f)
-      for k, v in record.items():
-        if k != "step":
-          w.writerow([record["step"], k, v])
+      f.write(self._csv_rows([record]))
     if self._tb is not None:
       for k, v in record.items():
-        if k != "step" and not isinstance(v, str):
+        if k != "step" and isinstance(v, (int, float)):
           self._tb.add_scalar(k, v, record["step"])
     return record
+
+  def write(self, step: int, metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """Appends one record; returns it (with Python scalars; non-finite values as None)."""
+    return self.append(self.make_record(step, metrics))
 
   def series(self, name: str) -> tuple[np.ndarray, np.ndarray]:
     """``(steps, values)`` of one metric over the records written so far."""
@@ -139,22 +208,156 @@ class MetricWriter:
     if not pairs:
       return np.zeros(0, int), np.zeros(0)
     steps, values = zip(*pairs)
-    return np.asarray(steps), np.asarray(values, dtype=float)
+    return np.asarray(steps), np.asarray([np.nan if v is None else v for v in values], dtype=float)
 
   def close(self) -> None:
     if self._tb is not None:
       self._tb.close()
 
 
-def progress(total: int, *, initial: int = 0, desc: str = "", disable: bool | None = None):
-  """A tqdm progress bar with ETA; quiet in non-interactive logs (updates every 10 s).
+def _disabled(disable: bool | None) -> bool:
+  if disable is None:
+    return os.environ.get("TQDM_DISABLE", "") not in ("", "0") or not distributed.is_main()
+  return disable
 
-  Set ``TQDM_DISABLE=1`` to turn it off. Only process 0 of a multi-process
-  run shows it.
+
+def progress(total: int, *, initial: int = 0, desc: str = "", disable: bool | None = None):
+  """A plain tqdm progress bar; quiet in non-interactive logs (updates every 10 s).
+
+  Prefer `RunProgress` for a script run. Set ``TQDM_DISABLE=1`` to turn it off.
+  Only process 0 of a multi-process run shows it.
   """
   from tqdm.auto import tqdm  # pylint: disable=g-import-not-at-top
-  if disable is None:
-    disable = os.environ.get("TQDM_DISABLE", "") not in ("", "0") or not distributed.is_main()
   interactive = sys.stderr.isatty()
-  return tqdm(total=total, initial=initial, desc=desc, disable=disable, dynamic_ncols=True,
+  return tqdm(total=total, initial=initial, desc=desc, disable=_disabled(disable), dynamic_ncols=True,
               mininterval=0.5 if interactive else 10.0, leave=True)
+
+
+def format_seconds(seconds: float | None) -> str:
+  """``H:MM:SS`` (``?`` when unknown)."""
+  if seconds is None or not math.isfinite(seconds):
+    return "?"
+  seconds = int(round(seconds))
+  return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+class RunProgress:
+  """One progress bar and one ETA for a whole script run.
+
+  The run's work is ``total`` units (steps, rounds, simulated seconds...), the
+  sum over every arm, cell and seed. Computed work is reported with `advance`,
+  work found already done (a resumed checkpoint, a cached cell) with `skip`.
+  The ETA is ``remaining / rate`` with ``rate = computed units / wall time
+  since start``: it assumes the remaining units cost what the computed ones
+  did, start-up and evaluation included. Every ``log_every_s`` seconds a
+  background thread logs one line ``progress: <desc> <done>/<total> <unit>
+  (<percent>), elapsed <t>, ETA <t>, phase <name>``, so no phase is silent for
+  longer than that, even while a long jitted call holds the main thread.
+
+  Args:
+    total: units of work of the whole run (> 0).
+    desc: label (usually the script's name).
+    unit: name of the unit, for the log line.
+    log_every_s: seconds between progress lines in the log (> 0).
+    disable: hide the terminal bar (default: ``$TQDM_DISABLE``); the log
+      lines are written either way.
+  """
+
+  def __init__(self, total: float, *, desc: str = "", unit: str = "step", log_every_s: float = 30.0,
+               disable: bool | None = None):
+    if not total > 0:
+      raise ValueError(f"RunProgress total must be > 0, got {total}.")
+    if not log_every_s > 0:
+      raise ValueError(f"log_every_s must be > 0, got {log_every_s}.")
+    from tqdm.auto import tqdm  # pylint: disable=g-import-not-at-top
+    self.total, self.desc, self.unit, self.log_every_s = float(total), desc, unit, log_every_s
+    self.done = 0.0
+    self.computed = 0.0
+    self.phase_name: str | None = None
+    self._t0 = time.monotonic()
+    self._last_log = self._t0
+    interactive = sys.stderr.isatty()
+    self._bar = tqdm(total=self.total, desc=desc, disable=_disabled(disable), dynamic_ncols=True,
+                     mininterval=0.5 if interactive else 10.0, leave=True,
+                     bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} [{elapsed}{postfix}]")
+    self._stop = threading.Event()
+    self._thread = threading.Thread(target=self._tick, name="paperlab-progress", daemon=True)
+    self._thread.start()
+
+  # -- accounting
+  def advance(self, units: float, postfix: Mapping[str, Any] | None = None) -> None:
+    """Counts ``units`` of computed work (they also set the rate of the ETA)."""
+    self.done += units
+    self.computed += units
+    self._refresh(postfix)
+
+  def skip(self, units: float) -> None:
+    """Counts ``units`` of work that was already done (resumed or cached)."""
+    self.done += units
+    self._refresh(None)
+
+  def elapsed(self) -> float:
+    return time.monotonic() - self._t0
+
+  def eta(self) -> float | None:
+    """Seconds left, or None before any work was computed."""
+    remaining = max(self.total - self.done, 0.0)
+    if remaining == 0:
+      return 0.0
+    if self.computed <= 0:
+      return None
+    return remaining * self.elapsed() / self.computed
+
+  def status(self) -> str:
+    """The progress line (without the ``progress:`` prefix)."""
+    pct = 100.0 * min(self.done / self.total, 1.0)
+    line = (f"{self.desc + ' ' if self.desc else ''}{self.done:.0f}/{self.total:.0f} {self.unit} "
+            f"({pct:.1f}%), elapsed {format_seconds(self.elapsed())}, ETA {format_seconds(self.eta())}")
+    return line + (f", phase {self.phase_name}" if self.phase_name else "")
+
+  @contextlib.contextmanager
+  def phase(self, name: str, units: float = 0.0) -> Iterator[None]:
+    """Names the work in progress; logs its start and end; then advances ``units``."""
+    outer, self.phase_name = self.phase_name, name
+    t0 = time.monotonic()
+    log.info("phase: %s", name)
+    try:
+      yield
+    finally:
+      self.phase_name = outer
+    log.info("phase done: %s (%.1f s)", name, time.monotonic() - t0)
+    if units:
+      self.advance(units)
+
+  # -- output
+  def _refresh(self, postfix: Mapping[str, Any] | None) -> None:
+    eta = f"ETA {format_seconds(self.eta())}"
+    if postfix:
+      eta += ", " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                              for k, v in postfix.items())
+    self._bar.n = min(self.done, self.total)
+    self._bar.set_postfix_str(eta, refresh=False)
+    self._bar.update(0)
+
+  def log_status(self) -> None:
+    self._last_log = time.monotonic()
+    log.info("progress: %s", self.status())
+
+  def _tick(self) -> None:
+    while not self._stop.wait(min(self.log_every_s, 1.0)):
+      if time.monotonic() - self._last_log >= self.log_every_s:
+        self.log_status()
+
+  def close(self) -> None:
+    """Stops the log thread and closes the bar (idempotent)."""
+    if self._stop.is_set():
+      return
+    self._stop.set()
+    self._thread.join()
+    self._bar.close()
+
+  def __enter__(self) -> "RunProgress":
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()

@@ -22,7 +22,7 @@ import jax
 import optax
 from flax import nnx
 
-from paperlab import config, data, distributed, loop, plots, supervised
+from paperlab import config, data, distributed, loop, metrics, plots, supervised
 from paperlab import mesh as mesh_lib
 from paperlab.models import MLP
 
@@ -54,8 +54,11 @@ class Config:
     config.require(0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}.")
     config.require(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}.")
     config.require(all(h >= 1 for h in self.hidden), f"hidden widths must be >= 1, got {self.hidden}.")
-    config.require(self.log_every >= 1 and self.checkpoint_every % self.log_every == 0,
-                   "checkpoint_every must be a positive multiple of log_every.")
+    config.require(self.seed >= 0, f"seed must be >= 0, got {self.seed}.")
+    config.require(self.log_every >= 1, f"log_every must be >= 1, got {self.log_every}.")
+    config.require(self.checkpoint_every >= 1 and self.checkpoint_every % self.log_every == 0,
+                   f"checkpoint_every must be a positive multiple of log_every={self.log_every}, "
+                   f"got {self.checkpoint_every}.")
     if self.mesh:
       shape = mesh_lib.parse_mesh(self.mesh)
       config.require(set(shape) == {mesh_lib.DATA},
@@ -104,9 +107,12 @@ def main(argv=None) -> dict:
     del step
     return supervised.evaluate(graphdef, state["params"], x_test, test.labels, mesh=mesh)
 
-  state, history = loop.train(
-      state, step_fn=step_fn, num_steps=num_steps, workdir=run.workdir, log_every=cfg.log_every,
-      checkpoint_every=cfg.checkpoint_every, eval_fn=eval_fn, eval_every=cfg.log_every * max(1, steps_per_epoch // cfg.log_every), desc="baseline_mlp")
+  with metrics.RunProgress(num_steps, desc="baseline_mlp") as progress:
+    state, history = loop.train(
+        state, step_fn=step_fn, num_steps=num_steps, workdir=run.workdir, log_every=cfg.log_every,
+        checkpoint_every=cfg.checkpoint_every, eval_fn=eval_fn,
+        eval_every=cfg.log_every * max(1, steps_per_epoch // cfg.log_every), desc="train",
+        progress=progress)
   final = eval_fn(state, num_steps)
   plots.learning_curves(history, ["loss", "test_acc"], run.path("curves.png"),
                         title=f"Backprop MLP on {train.name}")
@@ -115,10 +121,11 @@ def main(argv=None) -> dict:
              "test_examples": len(test), "epochs": cfg.epochs, "params": n_params, **final}
   run.write_results(results, [{"metric": f"BP MLP test accuracy ({train.name})",
                                "value": final["test_acc"],
-                               "note": f"{cfg.epochs} epochs, MLP {'-'.join(map(str, cfg.hidden))}"}])
+                               "note": f"{cfg.epochs} epochs, MLP {'-'.join(map(str, cfg.hidden))}"}],
+                    timing={"train_seconds": sum(r.get("chunk_s", 0.0) for r in history)})
   log.info("Test accuracy %.4f on %s (%d examples).", final["test_acc"], train.name, len(test))
   return results
 
 
 if __name__ == "__main__":
-  main()
+  config.main(main)

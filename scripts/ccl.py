@@ -17,6 +17,7 @@ for the autoencoder a grid of reconstructions.
 from __future__ import annotations
 
 import dataclasses
+import pathlib
 import statistics
 from typing import Literal
 
@@ -27,7 +28,7 @@ from flax import nnx
 
 from ccl_jax import diagnostics, losses, train
 from ccl_jax.models import CCLAutoencoder, CCLCNN, CCLMLP
-from paperlab import config, data, loop, plots
+from paperlab import config, data, loop, metrics, plots
 
 
 Model = Literal["mlp", "cnn", "cnn_pool", "ae"]
@@ -71,7 +72,9 @@ class Config:
         f"dataset must be one of {data.IMAGE_DATASETS}, got {self.dataset!r}.")
     req(len(self.methods) >= 1 and len(set(self.methods)) == len(self.methods),
         f"methods must list ccl and/or bp once each, got {self.methods}.")
-    req(len(self.seeds) >= 1, "seeds must not be empty.")
+    req(len(self.seeds) >= 1 and len(set(self.seeds)) == len(self.seeds),
+        f"seeds must list at least one seed, each once, got {self.seeds}.")
+    req(all(s >= 0 for s in self.seeds), f"seeds must be >= 0, got {self.seeds}.")
     req(self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}.")
     req(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}.")
     req(self.lr > 0, f"lr must be > 0, got {self.lr}.")
@@ -87,8 +90,12 @@ class Config:
     req(self.model != "ae" or len(self.channels) <= 5,
         f"the autoencoder halves 32x32 inputs once per channel entry; "
         f"use at most 5, got {self.channels}.")
-    req(self.diag_examples >= 10, "diag_examples must be >= 10.")
-    req(self.checkpoint_epochs >= 1, "checkpoint_epochs must be >= 1.")
+    req(self.diag_examples >= 10, f"diag_examples must be >= 10, got {self.diag_examples}.")
+    req(self.checkpoint_epochs >= 1, f"checkpoint_epochs must be >= 1, got {self.checkpoint_epochs}.")
+    req(self.scale_c >= 0 and self.scale_ssl >= 0 and self.scale_h >= 0,
+        f"loss weights must be >= 0, got scale_c={self.scale_c}, scale_ssl={self.scale_ssl}, "
+        f"scale_h={self.scale_h}.")
+    req(self.model == "mlp" or len(self.channels) >= 1, "channels must not be empty for conv models.")
     req(self.batches_per_epoch is None or self.batches_per_epoch >= 1,
         f"batches_per_epoch must be >= 1 or None, got {self.batches_per_epoch}.")
 
@@ -191,7 +198,8 @@ def make_trainer(cfg: Config, ds: Data, method: str, seed: int):
       cfg.warmup_steps)
 
 
-def run_one(cfg: Config, ds: Data, method: str, seed: int, workdir) -> dict:
+def run_one(cfg: Config, ds: Data, method: str, seed: int, workdir,
+            progress: metrics.RunProgress | None = None) -> dict:
   """Trains one (method, seed); evaluates and logs diagnostics every epoch."""
   trainer, state = make_trainer(cfg, ds, method, seed)
   steps = steps_per_epoch(cfg, ds)
@@ -227,7 +235,7 @@ def run_one(cfg: Config, ds: Data, method: str, seed: int, workdir) -> dict:
   state, history = loop.train(
       state, step_fn=step_fn, num_steps=cfg.epochs * steps, workdir=workdir,
       log_every=steps, checkpoint_every=steps * cfg.checkpoint_epochs,
-      eval_fn=eval_fn, eval_every=steps, desc=f"{method} seed {seed}")
+      eval_fn=eval_fn, eval_every=steps, desc=f"{method} seed {seed}", progress=progress)
   epochs = [r for r in history if "test_" + _metric(cfg) in r]
   score = "val_" + ("mse" if cfg.model == "ae" else "ce")
   chosen = min(epochs, key=lambda r: r[score]) if score in epochs[-1] else epochs[-1]
@@ -236,6 +244,9 @@ def run_one(cfg: Config, ds: Data, method: str, seed: int, workdir) -> dict:
           "selected_epoch": chosen["step"] // steps,
           "train_seconds": sum(r.get("chunk_s", 0.0) for r in history),
           "history": [initial] + epochs, "params": state["params"], "trainer": trainer}
+
+
+_NOT_RESULTS = ("params", "trainer", "history", "train_seconds")  # timing goes to its own block
 
 
 def _metric(cfg: Config) -> str:
@@ -273,15 +284,17 @@ def write_plots(cfg: Config, ds: Data, runs: dict, run) -> list[str]:
     paths.append(plots.image_grid(np.concatenate(grid), run.path("reconstructions.png"),
                                   ncols=8, title="rows: test images, " + ", ".join(
                                       m.upper() for m in runs) + " reconstructions"))
-  return [str(p) for p in paths]
+  return [pathlib.Path(p).name for p in paths]  # relative to the run directory
 
 
 def main(argv=None) -> dict:
   cfg, run = config.cli(Config, PRESETS, paper="ccl", description=__doc__, argv=argv)
   ds = load_data(cfg)
   metric = _metric(cfg)
-  runs = {m: [run_one(cfg, ds, m, s, run.path(f"{m}_seed{s}")) for s in cfg.seeds]
-          for m in cfg.methods}
+  total = len(cfg.methods) * len(cfg.seeds) * cfg.epochs * steps_per_epoch(cfg, ds)
+  with metrics.RunProgress(total, desc="ccl") as progress:
+    runs = {m: [run_one(cfg, ds, m, s, run.path(f"{m}_seed{s}"), progress) for s in cfg.seeds]
+            for m in cfg.methods}
   summary = {}
   for method, rs in runs.items():
     final_mean, final_std = _mean_std([r["final"] for r in rs])
@@ -293,8 +306,8 @@ def main(argv=None) -> dict:
       "epochs": cfg.epochs, "seeds": list(cfg.seeds), "train_examples": len(ds.y_train),
       "val_examples": len(ds.y_val), "test_examples": len(ds.y_test),
       "summary": summary,
-      "runs": {m: [{k: v for k, v in r.items() if k not in ("params", "trainer", "history")}
-                   for r in rs] for m, rs in runs.items()},
+      "runs": {m: [{k: v for k, v in r.items() if k not in _NOT_RESULTS} for r in rs]
+               for m, rs in runs.items()},
       **{f"{when}_diagnostics": ({k: v for k, v in runs["ccl"][0]["history"][i].items()
                                   if k.startswith(("cos_", "cka_"))} if "ccl" in runs else {})
          for when, i in (("initial", 0), ("final", -1))},
@@ -312,9 +325,10 @@ def main(argv=None) -> dict:
                      "note": f"{cfg.epochs} epochs, {len(cfg.seeds)} seed(s); "
                              f"val-selected: {s[f'test_{metric}_selected']:.4f}"})
   results["plots"] = write_plots(cfg, ds, runs, run)
-  run.write_results(results, headline)
+  timing = {"train_seconds": {m: [r["train_seconds"] for r in rs] for m, rs in runs.items()}}
+  run.write_results(results, headline, timing=timing)
   return results
 
 
 if __name__ == "__main__":
-  main()
+  config.main(main)

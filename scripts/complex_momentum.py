@@ -28,8 +28,8 @@ import jax.numpy as jnp
 import matplotlib.pyplot as plt
 import numpy as np
 
-from paperlab import config, loop, plots
-from complex_momentum_gan import GanSetup, real_batch, mlp
+from paperlab import config, metrics, plots
+from complex_momentum_gan import gan_experiment
 from optim import games
 from optim import complex_momentum
 
@@ -115,11 +115,14 @@ class Config:
     req(self.fmnist_lr > 0, f"fmnist_lr must be > 0, got {self.fmnist_lr}.")
     req(self.alpha > 0, f"alpha must be > 0, got {self.alpha}.")
     req(self.curve_steps >= 10, f"curve_steps must be >= 10, got {self.curve_steps}.")
-    req(all(a > 0 for a in self.heat_alphas), f"heat_alphas must be > 0, got {self.heat_alphas}.")
+    req(len(self.heat_alphas) >= 1 and all(a > 0 for a in self.heat_alphas),
+        f"heat_alphas must list at least one step size, each > 0, got {self.heat_alphas}.")
     req(self.heat_grid >= 2, f"heat_grid must be >= 2, got {self.heat_grid}.")
     req(self.sweep_gammas >= 2, f"sweep_gammas must be >= 2, got {self.sweep_gammas}.")
     req(self.sweep_dim >= 1, f"sweep_dim must be >= 1, got {self.sweep_dim}.")
-    req(all(lr > 0 for lr in self.sweep_lrs), f"sweep_lrs must be > 0, got {self.sweep_lrs}.")
+    req(len(self.sweep_lrs) >= 1 and all(lr > 0 for lr in self.sweep_lrs),
+        f"sweep_lrs must list at least one step size, each > 0, got {self.sweep_lrs}.")
+    req(self.sweep_steps >= 1, f"sweep_steps must be >= 1, got {self.sweep_steps}.")
     req(0 < self.sweep_tol < 1, f"sweep_tol must be in (0, 1), got {self.sweep_tol}.")
     req(self.gan_seeds >= 0, f"gan_seeds must be >= 0, got {self.gan_seeds}.")
     req(self.gan_steps >= 1 and self.gan_eval_every >= 1, "gan_steps and gan_eval_every must be >= 1.")
@@ -128,7 +131,12 @@ class Config:
     req(0 <= self.gan_b2 < 1, f"gan_b2 must be in [0, 1), got {self.gan_b2}.")
     req(0 <= self.gan_complex_beta1[0] < 1 and 0 <= self.gan_real_beta1 < 1,
         "GAN beta1 magnitudes must be in [0, 1).")
-    req(0 < self.gan_min_fraction < 1, "gan_min_fraction must be in (0, 1).")
+    req(0 < self.gan_min_fraction < 1, f"gan_min_fraction must be in (0, 1), got {self.gan_min_fraction}.")
+    req(self.gan_samples >= 1, f"gan_samples must be >= 1, got {self.gan_samples}.")
+    req(self.fmnist_samples >= 2, f"fmnist_samples must be >= 2 (a covariance), got {self.fmnist_samples}.")
+    req(self.seed >= 0, f"seed must be >= 0, got {self.seed}.")
+    req(set(self.parts) != {"gan"} or self.gan_seeds >= 1,
+        "parts=('gan',) with gan_seeds=0 runs nothing; give --gan-seeds N or other --parts.")
 
 
 PRESETS = {
@@ -289,65 +297,11 @@ def gan_methods(cfg: Config) -> dict[str, tuple[float, float]]:
           f"Adam beta1={cfg.gan_real_beta1}": (cfg.gan_real_beta1, 0.0)}
 
 
-def gan_experiment(cfg: Config, run) -> dict:
-  methods = gan_methods(cfg)
-  setup = GanSetup(z_dim=cfg.gan_z_dim, hidden=cfg.gan_hidden, batch_size=cfg.gan_batch,
-                   lr_g=cfg.gan_lr_g, lr_d=cfg.gan_lr_d, b2=cfg.gan_b2,
-                   magnitudes=[m for m, _ in methods.values()], angles=[a for _, a in methods.values()],
-                   seeds=[cfg.seed * 1000 + s for s in range(cfg.gan_seeds)])
-  steps_jit = jax.jit(setup.steps, static_argnums=2)
-  scores_jit = jax.jit(lambda s: setup.scores(s, cfg.gan_samples, cfg.gan_min_fraction))
-
-  def step_fn(state, step, n):
-    return steps_jit(state, jnp.int32(step), n), {}
-
-  def eval_fn(state, step):
-    modes, hq = (np.asarray(x) for x in scores_jit(state))
-    out = {}
-    for j, name in enumerate(methods):
-      out[f"modes/{name}"] = float(modes[j].mean())
-      out[f"hq/{name}"] = float(hq[j].mean())
-    return out
-
-  state, history = loop.train(setup.init(), step_fn=step_fn, num_steps=cfg.gan_steps,
-                              workdir=run.path("gan"), log_every=cfg.gan_eval_every,
-                              eval_fn=eval_fn, eval_every=cfg.gan_eval_every, desc="8-Gaussian GAN")
-  modes, hq = (np.asarray(x) for x in scores_jit(state))
-  for key, label in (("modes", "modes covered (of 8)"), ("hq", "high-quality fraction")):
-    series = {name: ([r["step"] for r in history if f"{key}/{name}" in r],
-                     [r[f"{key}/{name}"] for r in history if f"{key}/{name}" in r]) for name in methods}
-    plots.line_plot(series, run.path(f"gan_{key}.png"), xlabel="step", ylabel=label,
-                    title=f"8-Gaussian GAN, mean over {cfg.gan_seeds} seeds")
-  _plot_gan_samples(cfg, setup, state, list(methods), run.path("gan_samples.png"))
-  return {"methods": {name: {"beta1": list(methods[name]), "modes": modes[j].tolist(),
-                             "hq": hq[j].round(4).tolist(), "mean_modes": float(modes[j].mean()),
-                             "mean_hq": float(hq[j].mean())} for j, name in enumerate(methods)},
-          "history": history}
-
-
-def _plot_gan_samples(cfg, setup, state, names, path):
-  """Samples of the first seed of each optimizer over the real data."""
-  z = jax.random.normal(jax.random.key(7), (1000, cfg.gan_z_dim))
-  real = np.asarray(real_batch(jax.random.key(8), 1000))
-  fig, axes = plt.subplots(1, len(names), figsize=(3.4 * len(names), 3.4), squeeze=False)
-  for j, name in enumerate(names):
-    gen = jax.tree.map(lambda x, j=j: x[j * setup.num_seeds], state.players[0])
-    fake = np.asarray(mlp(gen, z))
-    ax = axes[0, j]
-    ax.scatter(real[:, 0], real[:, 1], s=2, c="lightgray")
-    ax.scatter(fake[:, 0], fake[:, 1], s=2, c="C0")
-    ax.set_xlim(-3, 3)
-    ax.set_ylim(-3, 3)
-    ax.set_title(name, fontsize=8)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
-
-
 # ------------------------------------------------------------------- main
 
 
-def _bilinear_part(cfg: Config, run, results: dict, headline: list) -> None:
+def _bilinear_part(cfg: Config, run, results: dict, headline: list, progress) -> None:
+  del progress  # one phase, see main
   table = spectral_table()
   results.update(spectral_table=table, bilinear_curves=bilinear_curves(cfg, run),
                  heatmap_best=spectral_heatmaps(cfg, run))
@@ -360,7 +314,8 @@ def _bilinear_part(cfg: Config, run, results: dict, headline: list) -> None:
        "value": max(r["abs_diff"] for r in table), "note": f"{len(table)} entries"}]
 
 
-def _sweep_part(cfg: Config, run, results: dict, headline: list) -> None:
+def _sweep_part(cfg: Config, run, results: dict, headline: list, progress) -> None:
+  del progress  # one phase, see main
   sweep = results["sweep"] = adversarial_sweep(cfg, run)
   classes = ("complex momentum", "positive momentum", "negative momentum", "GD")
   headline += [
@@ -371,17 +326,18 @@ def _sweep_part(cfg: Config, run, results: dict, headline: list) -> None:
        "value": " / ".join(f"{sweep['best_rho'][k][-1]:.5f}" for k in classes), "note": "< 1 converges"}]
 
 
-def _gan_part(cfg: Config, run, results: dict, headline: list) -> None:
-  gan = results["gan"] = gan_experiment(cfg, run)
+def _gan_part(cfg: Config, run, results: dict, headline: list, progress) -> None:
+  gan = results["gan"] = gan_experiment(cfg, run, gan_methods(cfg), progress)
   for name, r in gan["methods"].items():
     headline.append({"metric": f"8-Gaussian GAN modes covered, {name}", "value": r["mean_modes"],
                      "note": f"mean of {cfg.gan_seeds} seeds, {cfg.gan_steps} steps; "
                              f"HQ fraction {r['mean_hq']:.3f}"})
 
 
-def _fmnist_part(cfg: Config, run, results: dict, headline: list) -> None:
+def _fmnist_part(cfg: Config, run, results: dict, headline: list, progress, fmnist_data) -> None:
   from complex_momentum_fmnist import fmnist_experiment  # pylint: disable=g-import-not-at-top
-  fm = results["fmnist"] = fmnist_experiment(cfg, run, gan_methods(cfg))
+  fm = results["fmnist"] = fmnist_experiment(cfg, run, gan_methods(cfg), progress=progress,
+                                             arrays=fmnist_data)
   for name, r in fm["methods"].items():
     headline.append({"metric": f"Fashion-MNIST GAN classifier-IS / FD, {name}",
                      "value": f"{r['IS']:.3f} / {r['FD']:.2f}",
@@ -389,17 +345,32 @@ def _fmnist_part(cfg: Config, run, results: dict, headline: list) -> None:
                              f"{fm['classifier_accuracy']:.3f}), not Inception"})
 
 
+def _units(cfg: Config, part: str) -> int:
+  """Progress units of a part: its step count (a rough proxy of its cost)."""
+  return {"bilinear": cfg.curve_steps, "sweep": cfg.sweep_steps,
+          "gan": cfg.gan_steps if cfg.gan_seeds else 0,
+          "fmnist": cfg.fmnist_classifier_steps + cfg.fmnist_steps}[part]
+
+
 def main(argv=None) -> dict:
   cfg, run = config.cli(Config, PRESETS, paper="complex_momentum", description=__doc__, argv=argv)
+  fmnist_data = None
+  if "fmnist" in cfg.parts:  # load (or fail) before any compute
+    from complex_momentum_fmnist import load_fmnist  # pylint: disable=g-import-not-at-top
+    fmnist_data = load_fmnist()
   results, headline = {}, []
-  parts = {"bilinear": _bilinear_part, "sweep": _sweep_part, "gan": _gan_part,
-           "fmnist": _fmnist_part}
-  for name in PARTS:
-    if name in cfg.parts and not (name == "gan" and cfg.gan_seeds == 0):
-      parts[name](cfg, run, results, headline)
+  parts = [p for p in PARTS if p in cfg.parts and not (p == "gan" and cfg.gan_seeds == 0)]
+  with metrics.RunProgress(sum(_units(cfg, p) for p in parts), desc="complex_momentum") as progress:
+    for name in parts:
+      if name in ("gan", "fmnist"):  # training loops: they advance the bar themselves
+        extra = (fmnist_data,) if name == "fmnist" else ()
+        {"gan": _gan_part, "fmnist": _fmnist_part}[name](cfg, run, results, headline, progress, *extra)
+      else:
+        with progress.phase(name, units=_units(cfg, name)):
+          {"bilinear": _bilinear_part, "sweep": _sweep_part}[name](cfg, run, results, headline, progress)
   run.write_results(results, headline)
   return results
 
 
 if __name__ == "__main__":
-  main()
+  config.main(main)

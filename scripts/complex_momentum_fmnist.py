@@ -12,6 +12,7 @@ with each other, not with published IS/FID values.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 
 import jax
@@ -151,13 +152,28 @@ def real_features(classifier, images: np.ndarray) -> np.ndarray:
   return np.asarray(_features(classifier, jnp.asarray(images))[0], np.float64)
 
 
-def fmnist_experiment(cfg, run, methods: dict[str, tuple[float, float]]) -> dict:
-  """Trains the classifier, then one GAN per optimizer; scores every ``fmnist_eval_every``."""
+def fmnist_experiment(cfg, run, methods: dict[str, tuple[float, float]], *, progress=None,
+                      arrays=None) -> dict:
+  """Trains the classifier, then one GAN per optimizer; scores every ``fmnist_eval_every``.
+
+  Args:
+    cfg: the script's config.
+    run: the run directory.
+    methods: ``name -> (|beta1|, arg beta1)``.
+    progress: the script's `paperlab.metrics.RunProgress` (classifier phase,
+      then the GAN loop).
+    arrays: `load_fmnist` output, if already loaded.
+  """
   # Imported here so the helper has no import cycle with the script.
-  from paperlab import loop, plots  # pylint: disable=g-import-not-at-top
-  x, y, x_test, y_test = load_fmnist()
-  classifier, acc = train_classifier(x, y, x_test, y_test, steps=cfg.fmnist_classifier_steps,
-                                     seed=cfg.seed)
+  from paperlab import loop, metrics, plots  # pylint: disable=g-import-not-at-top
+  x, y, x_test, y_test = load_fmnist() if arrays is None else arrays
+  with (progress.phase("Fashion-MNIST scoring classifier", units=cfg.fmnist_classifier_steps)
+        if progress else contextlib.nullcontext()):
+    classifier, acc = train_classifier(x, y, x_test, y_test, steps=cfg.fmnist_classifier_steps,
+                                       seed=cfg.seed)
+  if not np.isfinite(acc) or metrics.nonfinite_leaves(classifier):
+    raise metrics.NonFiniteError("The Fashion-MNIST scoring classifier diverged (non-finite weights "
+                                 "or accuracy); check --fmnist-classifier-steps and --seed.")
   real = real_features(classifier, x_test[:cfg.fmnist_samples])
   reference = scores(classifier, x[:cfg.fmnist_samples], real)  # real train images vs test
   names = list(methods)
@@ -182,8 +198,9 @@ def fmnist_experiment(cfg, run, methods: dict[str, tuple[float, float]]) -> dict
 
   state, history = loop.train(gan.init(), step_fn=step_fn, num_steps=cfg.fmnist_steps,
                               workdir=run.path("fmnist_gan"), log_every=cfg.fmnist_eval_every,
+                              checkpoint_every=cfg.fmnist_eval_every,
                               eval_fn=eval_fn, eval_every=cfg.fmnist_eval_every,
-                              desc="Fashion-MNIST GAN")
+                              desc="Fashion-MNIST GAN", progress=progress)
   final, imgs = evaluate(state)
   for key in ("IS", "FD"):
     series = {n: ([r["step"] for r in history if f"{key}/{n}" in r],
@@ -196,4 +213,4 @@ def fmnist_experiment(cfg, run, methods: dict[str, tuple[float, float]]) -> dict
                    row_labels=names, title="Fashion-MNIST GAN samples (one row per optimizer)")
   return {"classifier_accuracy": acc, "real_reference": reference,
           "methods": {n: {"beta1": list(methods[n]), **final[n]} for n in names},
-          "history": history}
+          "history": [{k: v for k, v in r.items() if k != "chunk_s"} for r in history]}  # no timing

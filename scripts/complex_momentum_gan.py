@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from optim import games
 from optim import complex_adam
@@ -130,3 +131,66 @@ class GanSetup:
         state.players[0])
     shape = (self.num_methods, self.num_seeds)
     return modes.reshape(shape), hq.reshape(shape)
+
+
+def gan_experiment(cfg, run, methods: dict[str, tuple[float, float]], progress=None) -> dict:
+  """Trains every (optimizer, seed) GAN of ``methods`` together; scores every ``gan_eval_every``.
+
+  A NaN or inf in any member's parameters, optimizer state or scores stops the
+  run (`paperlab.loop`'s guard) and keeps the last good checkpoint.
+  """
+  from paperlab import loop, plots  # pylint: disable=g-import-not-at-top
+  setup = GanSetup(z_dim=cfg.gan_z_dim, hidden=cfg.gan_hidden, batch_size=cfg.gan_batch,
+                   lr_g=cfg.gan_lr_g, lr_d=cfg.gan_lr_d, b2=cfg.gan_b2,
+                   magnitudes=[m for m, _ in methods.values()], angles=[a for _, a in methods.values()],
+                   seeds=[cfg.seed * 1000 + s for s in range(cfg.gan_seeds)])
+  steps_jit = jax.jit(setup.steps, static_argnums=2)
+  scores_jit = jax.jit(lambda s: setup.scores(s, cfg.gan_samples, cfg.gan_min_fraction))
+
+  def step_fn(state, step, n):
+    return steps_jit(state, jnp.int32(step), n), {}
+
+  def eval_fn(state, step):
+    modes, hq = (np.asarray(x) for x in scores_jit(state))
+    out = {}
+    for j, name in enumerate(methods):
+      out[f"modes/{name}"] = float(modes[j].mean())
+      out[f"hq/{name}"] = float(hq[j].mean())
+    return out
+
+  state, history = loop.train(setup.init(), step_fn=step_fn, num_steps=cfg.gan_steps,
+                              workdir=run.path("gan"), log_every=cfg.gan_eval_every,
+                              checkpoint_every=cfg.gan_eval_every,
+                              eval_fn=eval_fn, eval_every=cfg.gan_eval_every, desc="8-Gaussian GAN",
+                              progress=progress)
+  modes, hq = (np.asarray(x) for x in scores_jit(state))
+  for key, label in (("modes", "modes covered (of 8)"), ("hq", "high-quality fraction")):
+    series = {name: ([r["step"] for r in history if f"{key}/{name}" in r],
+                     [r[f"{key}/{name}"] for r in history if f"{key}/{name}" in r]) for name in methods}
+    plots.line_plot(series, run.path(f"gan_{key}.png"), xlabel="step", ylabel=label,
+                    title=f"8-Gaussian GAN, mean over {cfg.gan_seeds} seeds")
+  _plot_gan_samples(cfg, setup, state, list(methods), run.path("gan_samples.png"))
+  return {"methods": {name: {"beta1": list(methods[name]), "modes": modes[j].tolist(),
+                             "hq": hq[j].round(4).tolist(), "mean_modes": float(modes[j].mean()),
+                             "mean_hq": float(hq[j].mean())} for j, name in enumerate(methods)},
+          "history": [{k: v for k, v in r.items() if k != "chunk_s"} for r in history]}  # no timing
+
+
+def _plot_gan_samples(cfg, setup, state, names, path):
+  """Samples of the first seed of each optimizer over the real data."""
+  z = jax.random.normal(jax.random.key(7), (1000, cfg.gan_z_dim))
+  real = np.asarray(real_batch(jax.random.key(8), 1000))
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  fig, axes = plt.subplots(1, len(names), figsize=(3.4 * len(names), 3.4), squeeze=False)
+  for j, name in enumerate(names):
+    gen = jax.tree.map(lambda x, j=j: x[j * setup.num_seeds], state.players[0])
+    fake = np.asarray(mlp(gen, z))
+    ax = axes[0, j]
+    ax.scatter(real[:, 0], real[:, 1], s=2, c="lightgray")
+    ax.scatter(fake[:, 0], fake[:, 1], s=2, c="C0")
+    ax.set_xlim(-3, 3)
+    ax.set_ylim(-3, 3)
+    ax.set_title(name, fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)

@@ -36,8 +36,13 @@ def _devices_for_mesh(argv: list[str]) -> None:
       or os.environ.get("PAPERLAB_NUM_PROCESSES") or os.environ.get("JAX_NUM_CPU_DEVICES")):
     return
   count = 1
-  for part in spec.split(","):
-    count *= int(part.partition("=")[2] or 1)
+  try:
+    for part in spec.split(","):
+      count *= int(part.partition("=")[2] or 1)
+  except ValueError:
+    return  # Config.validate reports the bad spec
+  if count < 1:
+    return
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                              f" --xla_force_host_platform_device_count={count}").strip()
 
@@ -45,6 +50,7 @@ def _devices_for_mesh(argv: list[str]) -> None:
 _devices_for_mesh(sys.argv[1:])
 
 # pylint: disable=wrong-import-position
+import contextlib  # noqa: E402
 import dataclasses  # noqa: E402
 import logging  # noqa: E402
 import statistics  # noqa: E402
@@ -58,7 +64,8 @@ from flax import nnx  # noqa: E402
 from jax.sharding import NamedSharding  # noqa: E402
 from threadpoolctl import threadpool_limits  # noqa: E402
 
-from paperlab import config, distributed, lm, loop, plots  # noqa: E402
+from paperlab import config, distributed, lm, loop, metrics, plots  # noqa: E402
+from paperlab import data as data_lib  # noqa: E402
 from paperlab import mesh as mesh_lib  # noqa: E402
 from optim import _dion as dion_lib  # noqa: E402
 from optim import labels as labels_lib  # noqa: E402
@@ -79,7 +86,7 @@ def parse_arm(arm: str) -> tuple[str, float | None]:
   try:
     num, _, den = frac.partition("/")
     value = float(num) / float(den or 1)
-  except ValueError:
+  except (ValueError, ZeroDivisionError):
     value = -1.0
   if kind != "dion" or not 0.0 < value <= 1.0:
     raise ValueError(f"Unknown arm {arm!r}: use adamw, muon, lion or dion-<fraction in (0, 1]>, "
@@ -101,6 +108,23 @@ def arm_optimizer(arm: str, cfg, sched, *, mesh=None, specs=None) -> optax.Gradi
   return routed.adamw(sched(cfg.adamw_lr), weight_decay=cfg.weight_decay, **shared)
 
 
+def _spec_entries(params) -> dict:
+  """Per leaf, the mesh axis of each dimension (None: replicated); see `param_specs`."""
+  fsdp, tp = mesh_lib.FSDP, mesh_lib.TP
+  labels = labels_lib.label_params(params)
+
+  def entries(path, x, label):
+    name = labels_lib.path_str(path)
+    if label == labels_lib.MATRIX:
+      row_parallel = any(f"/{k}/" in f"/{name}/" for k in ("o", "down"))
+      return (tp, fsdp) if row_parallel else (fsdp, tp)
+    if label in (labels_lib.EMBEDDING, labels_lib.HEAD) and x.ndim == 2:
+      return (None, tp) if label == labels_lib.EMBEDDING else (tp, None)
+    return (None,) * x.ndim
+
+  return jax.tree_util.tree_map_with_path(entries, params, labels)
+
+
 def param_specs(params, mesh) -> dict:
   """Partition specs: hidden kernels (fan_in, fan_out) get FSDP x TP, Megatron style.
 
@@ -108,21 +132,29 @@ def param_specs(params, mesh) -> dict:
   (o, down) put TP on fan_in. Embeddings and the head shard their model dim over
   TP; vectors are replicated. Axes missing from the mesh are dropped.
   """
-  fsdp, tp = mesh_lib.FSDP, mesh_lib.TP
-  labels = labels_lib.label_params(params)
+  return jax.tree.map(lambda e: mesh_lib.sharding(mesh, *e).spec, _spec_entries(params),
+                      is_leaf=lambda e: isinstance(e, tuple))
 
-  def spec(path, x, label):
-    name = labels_lib.path_str(path)
-    if label == labels_lib.MATRIX:
-      row_parallel = any(f"/{k}/" in f"/{name}/" for k in ("o", "down"))
-      entries = (tp, fsdp) if row_parallel else (fsdp, tp)
-    elif label in (labels_lib.EMBEDDING, labels_lib.HEAD) and x.ndim == 2:
-      entries = (None, tp) if label == labels_lib.EMBEDDING else (tp, None)
-    else:
-      entries = (None,) * x.ndim
-    return mesh_lib.sharding(mesh, *entries).spec
 
-  return jax.tree_util.tree_map_with_path(spec, params, labels)
+def check_mesh(cfg: "Config") -> None:
+  """Rejects a ``--mesh`` that does not fit the devices or does not divide the sharded dims."""
+  sizes = mesh_lib.parse_mesh(cfg.mesh)
+  needed = int(np.prod(list(sizes.values())))
+  config.require(needed == jax.device_count(),
+                 f"mesh {cfg.mesh!r} needs {needed} devices but {jax.device_count()} are available "
+                 "(on CPU, --mesh sets the simulated device count unless XLA_FLAGS already does).")
+  model = nnx.eval_shape(lambda: lm.CharGPT(2, cfg.d_model, cfg.layers, cfg.heads, cfg.seq_len,
+                                            rngs=nnx.Rngs(0)))
+  params = nnx.to_pure_dict(nnx.state(model))
+  flat = jax.tree_util.tree_flatten_with_path(params)[0]
+  for (path, x), entries in zip(flat, jax.tree.leaves(_spec_entries(params),
+                                                      is_leaf=lambda e: isinstance(e, tuple))):
+    for dim, axis in zip(x.shape, entries):
+      size = sizes.get(axis, 1) if axis else 1
+      config.require(dim % size == 0,
+                     f"mesh {cfg.mesh!r}: {axis}={size} does not divide dimension {dim} of "
+                     f"{labels_lib.path_str(path)} {tuple(x.shape)}; pick sizes that divide "
+                     f"d_model={cfg.d_model}.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -155,22 +187,37 @@ class Config:
   seed: int = 0
 
   def validate(self) -> None:
-    for arm in set(self.arms) | set(self.sweep_arms):
+    req = config.require
+    req(len(self.arms) >= 1 and len(set(self.arms)) == len(self.arms),
+        f"arms must list at least one arm, each once, got {self.arms}.")
+    req(len(set(self.sweep_arms)) == len(self.sweep_arms), f"sweep_arms repeat an arm: {self.sweep_arms}.")
+    for arm in self.arms + self.sweep_arms:
       parse_arm(arm)
-    config.require(self.qr_method in ("rcqr", "cqr", "qr"),
-                   f"qr_method must be rcqr, cqr or qr, got {self.qr_method!r}.")
-    config.require(self.scalar_optimizer in ("adamw", "lion"),
-                   f"scalar_optimizer must be 'adamw' or 'lion', got {self.scalar_optimizer!r}.")
-    config.require(min(self.d_model, self.layers, self.heads, self.seq_len, self.batch_size,
-                       self.steps) >= 1, "sizes and steps must be >= 1.")
-    config.require(self.d_model % self.heads == 0, "heads must divide d_model.")
-    config.require(all(b >= 1 for b in self.sweep_batch_sizes), "sweep batch sizes must be >= 1.")
-    config.require(0.0 <= self.warmdown < 1.0, "warmdown must be in [0, 1).")
-    config.require(self.eval_every % self.log_every == 0,
-                   "eval_every must be a multiple of log_every.")
-    for lr in (self.dion_lr, self.muon_lr, self.adamw_lr, self.scalar_lr):
-      config.require(lr > 0, f"learning rates must be > 0, got {lr}.")
+    req(self.qr_method in ("rcqr", "cqr", "qr"), f"qr_method must be rcqr, cqr or qr, got {self.qr_method!r}.")
+    req(self.scalar_optimizer in ("adamw", "lion"),
+        f"scalar_optimizer must be 'adamw' or 'lion', got {self.scalar_optimizer!r}.")
+    for name in ("d_model", "layers", "heads", "seq_len", "batch_size", "steps", "eval_windows",
+                 "eval_every", "log_every", "timing_calls"):
+      req(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}.")
+    req(self.d_model % self.heads == 0, f"heads ({self.heads}) must divide d_model ({self.d_model}).")
+    req(all(b >= 1 for b in self.sweep_batch_sizes), f"sweep batch sizes must be >= 1, got {self.sweep_batch_sizes}.")
+    req(self.batch_size not in self.sweep_batch_sizes,
+        f"sweep_batch_sizes must not repeat batch_size={self.batch_size} (that run is the main one).")
+    req(0.0 <= self.warmdown < 1.0, f"warmdown must be in [0, 1), got {self.warmdown}.")
+    req(0.0 < self.val_fraction < 1.0, f"val_fraction must be in (0, 1), got {self.val_fraction}.")
+    req(self.eval_every % self.log_every == 0,
+        f"eval_every ({self.eval_every}) must be a multiple of log_every ({self.log_every}).")
+    for name in ("dion_lr", "muon_lr", "adamw_lr", "scalar_lr"):
+      req(getattr(self, name) > 0, f"{name} must be > 0, got {getattr(self, name)}.")
+    req(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}.")
+    req(self.seed >= 0, f"seed must be >= 0, got {self.seed}.")
+    if self.dataset != "shakespeare":
+      root = data_lib.default_data_dir()
+      req((root / self.dataset.split("/")[0]).is_dir(),
+          f"dataset {self.dataset!r} is not available: use 'shakespeare', or a TFDS text dataset "
+          f"prepared under {root} (--data-dir DIR picks another directory).")
     if self.mesh:
+      check_mesh(self)
       shape = mesh_lib.parse_mesh(self.mesh)
       shards = shape.get(mesh_lib.DATA, 1) * shape.get(mesh_lib.FSDP, 1)
       for name, size in [("batch_size", self.batch_size), ("eval_windows", self.eval_windows)] + [
@@ -255,7 +302,8 @@ def train_batches(ids: np.ndarray, batch: int, seq_len: int, seed: int, step: in
           distributed.from_callback(sharding, shape, fetch(1)))
 
 
-def _train_arm(cfg: Config, arm: str, batch: int, steps: int, data, run, mesh) -> dict:
+def _train_arm(cfg: Config, arm: str, batch: int, steps: int, data, run, mesh,
+               progress: metrics.RunProgress | None = None) -> dict:
   train_ids, (val_x, val_y), vocab_size = data
   graphdef, tx, train_state = init_train_state(cfg, arm, steps, vocab_size, mesh)
   chunk = make_chunk(graphdef, tx)
@@ -274,12 +322,17 @@ def _train_arm(cfg: Config, arm: str, batch: int, steps: int, data, run, mesh) -
       train_state, step_fn=step_fn, num_steps=steps, workdir=run.workdir / f"{_slug(arm)}_b{batch}",
       log_every=cfg.log_every, checkpoint_every=eval_every, eval_every=eval_every,
       eval_fn=lambda s, _: {"val_loss": val_loss(s["params"], val_x, val_y)},
-      desc=f"{arm} b={batch}")
+      desc=f"{arm} b={batch}", progress=progress, progress_weight=batch / cfg.batch_size)
   wall = time.perf_counter() - t0
   curve = [(r["step"], float(r["val_loss"])) for r in history if "val_loss" in r]
+  with progress.phase(f"optimizer timing {arm} b={batch}") if progress else contextlib.nullcontext():
+    optimizer_ms = _optimizer_ms(tx, train_state, cfg.timing_calls)
   return {"arm": arm, "batch_size": batch, "steps": steps, "final_val_loss": curve[-1][1],
           "best_val_loss": min(v for _, v in curve), "curve": curve, "train_wall_s": wall,
-          "optimizer_ms": _optimizer_ms(tx, train_state, cfg.timing_calls)}
+          "optimizer_ms": optimizer_ms}
+
+
+_TIMING = ("train_wall_s", "optimizer_ms")  # wall-clock fields: results.json keeps them apart
 
 
 def _optimizer_ms(tx, state, calls: int) -> float:
@@ -308,17 +361,24 @@ def _load(cfg: Config):
   return train_ids, lm.eval_windows(val_ids, cfg.seq_len, cfg.eval_windows), vocab.size
 
 
+def _sweep_steps(cfg: Config, batch: int) -> int:
+  return max(cfg.log_every, cfg.steps * cfg.batch_size // batch)
+
+
 def main() -> None:
   cfg, run = config.cli(Config, PRESETS, paper="dion", description=__doc__, multiprocess=True)
   threadpool_limits(1, user_api="blas")
   mesh = mesh_lib.make_mesh(cfg.mesh) if cfg.mesh else None
   data = _load(cfg)
-  main_runs = [_train_arm(cfg, arm, cfg.batch_size, cfg.steps, data, run, mesh)
-               for arm in cfg.arms]
-  sweep = [r for r in main_runs if r["arm"] in cfg.sweep_arms]
-  for batch in cfg.sweep_batch_sizes:
-    steps = max(cfg.log_every, cfg.steps * cfg.batch_size // batch)
-    sweep += [_train_arm(cfg, arm, batch, steps, data, run, mesh) for arm in cfg.sweep_arms]
+  total = len(cfg.arms) * cfg.steps + sum(
+      len(cfg.sweep_arms) * _sweep_steps(cfg, b) * b / cfg.batch_size for b in cfg.sweep_batch_sizes)
+  with metrics.RunProgress(total, desc="dion", unit="step (batch-size weighted)") as progress:
+    main_runs = [_train_arm(cfg, arm, cfg.batch_size, cfg.steps, data, run, mesh, progress)
+                 for arm in cfg.arms]
+    sweep = [r for r in main_runs if r["arm"] in cfg.sweep_arms]
+    for batch in cfg.sweep_batch_sizes:
+      sweep += [_train_arm(cfg, arm, batch, _sweep_steps(cfg, batch), data, run, mesh, progress)
+                for arm in cfg.sweep_arms]
   _report(cfg, run, main_runs, sweep)
 
 
@@ -356,9 +416,12 @@ def _report(cfg: Config, run, main_runs: list[dict], sweep: list[dict]) -> None:
     gaps = {b: round(v - muon[b], 4) for b, v in by_arm["adamw"] if b in muon}
     headline.append({"metric": "AdamW - Muon val loss gap by batch size", "value": str(gaps),
                      "note": "paper: the gap grows with batch size"})
-  run.write_results({"runs": main_runs, "sweep": sweep, "table": table,
-                     "sweep_table": sweep_table, "adamw_minus_muon_by_batch": gaps}, headline)
+  strip = lambda rs: [{k: v for k, v in r.items() if k not in _TIMING} for r in rs]  # noqa: E731
+  timed = main_runs + [r for r in sweep if all(r is not m for m in main_runs)]
+  timing = {"table": table, "runs": [{k: r[k] for k in ("arm", "batch_size", *_TIMING)} for r in timed]}
+  run.write_results({"runs": strip(main_runs), "sweep": strip(sweep), "sweep_table": sweep_table,
+                     "adamw_minus_muon_by_batch": gaps}, headline, timing=timing)
 
 
 if __name__ == "__main__":
-  main()
+  config.main(main)

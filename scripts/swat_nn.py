@@ -14,6 +14,7 @@ same depth and with that MLP magnitude-pruned to the searched model's size.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import logging
@@ -25,7 +26,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from paperlab import config, loop, plots
+from paperlab import config, files, loop, metrics, plots
 from nas import autoencoder as ae
 from nas import baselines, encoding, search
 from nas import functions as fns
@@ -102,17 +103,24 @@ class Config:
     config.require(self.ae_clip >= 0, f"ae_clip must be >= 0, got {self.ae_clip}.")
     config.require(self.dense_activation in encoding.ACTIVATIONS,
                    f"dense_activation must be one of {encoding.ACTIVATIONS}, got {self.dense_activation!r}.")
-    config.require(self.log_every >= 1 and self.checkpoint_every % self.log_every == 0,
-                   "checkpoint_every must be a positive multiple of log_every.")
+    config.require(self.log_every >= 1, f"log_every must be >= 1, got {self.log_every}.")
+    config.require(self.checkpoint_every >= 1 and self.checkpoint_every % self.log_every == 0,
+                   f"checkpoint_every must be a positive multiple of log_every={self.log_every}, "
+                   f"got {self.checkpoint_every}.")
+    config.require(len(set(self.functions)) == len(self.functions),
+                   f"functions must not repeat a name, got {self.functions}.")
+    config.require(self.seed >= 0, f"seed must be >= 0, got {self.seed}.")
 
 
+_PAPER = dict(d_model=256, num_heads=8, enc_layers=4, dec_layers=4, ae_steps=200_000, ae_batch=64,
+              ae_points=1000, ae_lr=1e-4, ae_warmup=0, ae_cosine=False, functional_weight=1.0,
+              recon_weight=0.0, heldout_nets=256, search_steps=8001, search_warmup=3000,
+              anneal_steps=3000, dense_steps=8000, finetune_steps=2000, log_every=500,
+              checkpoint_every=5000)
 PRESETS = {
     "quick": Config(),
-    "full": Config(d_model=256, num_heads=8, enc_layers=4, dec_layers=4, ae_steps=200_000, ae_batch=64,
-                   ae_points=1000, ae_lr=1e-4, ae_warmup=0, ae_cosine=False, functional_weight=1.0,
-                   recon_weight=0.0, heldout_nets=256, search_steps=8001, search_warmup=3000,
-                   anneal_steps=3000, dense_steps=8000, finetune_steps=2000, log_every=500,
-                   checkpoint_every=5000),
+    "paper": Config(**_PAPER),  # the paper's settings (also under the older name "full")
+    "full": Config(**_PAPER),
 }
 
 
@@ -127,8 +135,8 @@ def ae_schedule(cfg: Config) -> optax.Schedule:
   return optax.constant_schedule(cfg.ae_lr)
 
 
-def train_autoencoder(cfg: Config, run: config.Run):
-  """Trains (or resumes) the autoencoder; returns ``(graphdef, params, history)``."""
+def train_autoencoder(cfg: Config, run: config.Run, progress: metrics.RunProgress | None = None):
+  """Trains (or resumes) the autoencoder; returns ``(graphdef, params, history, n_params)``."""
   model = ae.Autoencoder(cfg.ae_config(), rngs=nnx.Rngs(cfg.seed))
   tx = optax.adam(ae_schedule(cfg))
   if cfg.ae_clip > 0:
@@ -145,12 +153,28 @@ def train_autoencoder(cfg: Config, run: config.Run):
   state, history = loop.train(
       state, step_fn=step_fn, num_steps=cfg.ae_steps, workdir=run.path("autoencoder"),
       log_every=cfg.log_every, checkpoint_every=cfg.checkpoint_every,
-      eval_fn=lambda s, step: evaluate(s["params"]), eval_every=cfg.log_every * 4, desc="autoencoder")
+      eval_fn=lambda s, step: evaluate(s["params"]), eval_every=cfg.log_every * 4, desc="autoencoder",
+      progress=progress)
   history = [{"step": 0, **{k: float(v) for k, v in initial.items()}}] + list(history)
   return graphdef, state["params"], history, n_params
 
 
-def latent_search(cfg: Config, graphdef, params, data: list[fns.Dataset]) -> dict[int, dict]:
+def _require_finite(tree, what: str, names: list[str]) -> None:
+  """The NaN guard of the search and the baselines: every leaf has a leading function axis."""
+  ok = np.ones(len(names), bool)
+  for leaf in jax.tree.leaves(tree):
+    a = np.asarray(leaf)
+    if a.dtype.kind in "fc":
+      ok &= np.isfinite(a.reshape(len(names), -1)).all(axis=1)
+  bad = [names[i] for i in np.flatnonzero(~ok)]
+  if bad:
+    raise metrics.NonFiniteError(
+        f"{what} is not finite for {', '.join(bad)}. Nothing was written; lower the step sizes "
+        "(--lr-z, --lr-t, --dense-lr) or check the autoencoder.")
+
+
+def latent_search(cfg: Config, graphdef, params, data: list[fns.Dataset],
+                  progress: metrics.RunProgress | None = None) -> dict[int, dict]:
   """Runs the search for every function at every depth (vmapped over functions)."""
   x = jnp.stack([d.x_train for d in data])
   y = jnp.stack([d.y_train for d in data])
@@ -165,7 +189,10 @@ def latent_search(cfg: Config, graphdef, params, data: list[fns.Dataset]) -> dic
 
     run = jax.jit(jax.vmap(functools.partial(search.run_search, decode, depth,
                                              latent_shape=(encoding.H, cfg.d_model), cfg=scfg)))
-    res = jax.device_get(run(x, y, keys))
+    with progress.phase(f"latent search, depth {depth}", units=cfg.search_steps) if progress \
+        else contextlib.nullcontext():
+      res = jax.device_get(run(x, y, keys))
+    _require_finite(res.params, f"the latent search at depth {depth}", [d.name for d in data])
     raws = jax.vmap(decode)(res.params["z"])
     nets = jax.vmap(lambda r, t: search.hard_net(r, depth, t))(raws, res.params["t"])
     out[depth] = {"nets": nets, "params": res.params, "trace": res.trace,
@@ -179,7 +206,8 @@ def mse(net_batch: encoding.Net, x: np.ndarray, y: np.ndarray) -> np.ndarray:
   return np.asarray(jnp.mean((pred - jnp.asarray(y)) ** 2, axis=-1))
 
 
-def run_baselines(cfg: Config, data: list[fns.Dataset], targets: dict[int, np.ndarray]) -> dict[int, dict]:
+def run_baselines(cfg: Config, data: list[fns.Dataset], targets: dict[int, np.ndarray],
+                  progress: metrics.RunProgress | None = None) -> dict[int, dict]:
   """Dense nets at every depth, pruned to ``targets[depth]`` (per function) and fine-tuned."""
   x = jnp.stack([d.x_train for d in data])
   y = jnp.stack([d.y_train for d in data])
@@ -200,7 +228,10 @@ def run_baselines(cfg: Config, data: list[fns.Dataset], targets: dict[int, np.nd
       counts = jnp.stack([baselines.count(n) for n in (dense, pruned, tuned)])
       return dense, pruned, tuned, counts
 
-    dense, pruned, tuned, counts = jax.vmap(fit)(keys, x, y, jnp.asarray(targets[depth]))
+    with progress.phase(f"dense baselines, depth {depth}", units=cfg.dense_steps + cfg.finetune_steps) \
+        if progress else contextlib.nullcontext():
+      dense, pruned, tuned, counts = jax.device_get(jax.vmap(fit)(keys, x, y, jnp.asarray(targets[depth])))
+    _require_finite((dense, tuned), f"the dense baseline at depth {depth}", [d.name for d in data])
     out[depth] = {"dense": dense, "pruned": pruned, "tuned": tuned, "counts": np.asarray(counts)}
   return out
 
@@ -215,20 +246,26 @@ def describe(net: encoding.Net) -> list[list[str]]:
 def main(argv=None) -> dict:
   cfg, run = config.cli(Config, PRESETS, paper="swat_nn", description=__doc__, argv=argv)
   t_start = time.perf_counter()
-  graphdef, params, history, n_params = train_autoencoder(cfg, run)
-  t_ae = time.perf_counter() - t_start
-  data = [fns.make_dataset(name, seed=cfg.seed, n_train=cfg.n_train, n_test=cfg.n_test) for name in cfg.functions]
-  found = latent_search(cfg, graphdef, params, data)
-  stack = lambda field: np.stack([getattr(d, field) for d in data])  # noqa: E731
-  for depth in DEPTHS:
-    found[depth]["train_mse"] = mse(found[depth]["nets"], stack("x_train"), stack("y_train"))
-    found[depth]["test_mse"] = mse(found[depth]["nets"], stack("x_test"), stack("y_test"))
-  # Depth selection on the training MSE of the hard-pruned models.
-  train_table = np.stack([found[d]["train_mse"] for d in DEPTHS])
-  best = np.argmin(train_table, axis=0)
-  chosen_depth = np.asarray(DEPTHS)[best]
-  targets = {d: np.asarray(found[d]["counts"]["nonzero_params"]) for d in DEPTHS}
-  base = run_baselines(cfg, data, targets)
+  total = cfg.ae_steps + len(DEPTHS) * (cfg.search_steps + cfg.dense_steps + cfg.finetune_steps)
+  with metrics.RunProgress(total, desc="swat_nn") as progress:
+    graphdef, params, history, n_params = train_autoencoder(cfg, run, progress)
+    t_ae = time.perf_counter() - t_start
+    with progress.phase("regression datasets"):
+      data = [fns.make_dataset(name, seed=cfg.seed, n_train=cfg.n_train, n_test=cfg.n_test)
+              for name in cfg.functions]
+    found = latent_search(cfg, graphdef, params, data, progress)
+    stack = lambda field: np.stack([getattr(d, field) for d in data])  # noqa: E731
+    for depth in DEPTHS:
+      found[depth]["train_mse"] = mse(found[depth]["nets"], stack("x_train"), stack("y_train"))
+      found[depth]["test_mse"] = mse(found[depth]["nets"], stack("x_test"), stack("y_test"))
+      _require_finite(found[depth]["train_mse"], f"the searched nets' train MSE at depth {depth}",
+                      [d.name for d in data])
+    # Depth selection on the training MSE of the hard-pruned models.
+    train_table = np.stack([found[d]["train_mse"] for d in DEPTHS])
+    best = np.argmin(train_table, axis=0)
+    chosen_depth = np.asarray(DEPTHS)[best]
+    targets = {d: np.asarray(found[d]["counts"]["nonzero_params"]) for d in DEPTHS}
+    base = run_baselines(cfg, data, targets, progress)
   t_total = time.perf_counter() - t_start
 
   rows = []
@@ -261,10 +298,9 @@ def main(argv=None) -> dict:
   summary["mse_within_2x_of_dense"] = summary["mse_ratio_swat_over_dense"] <= 2.0
   heldout = [r for r in history if "heldout_loss" in r]
   results = {"summary": summary, "functions": rows, "autoencoder_params": n_params,
-             "heldout_first": heldout[0], "heldout_last": heldout[-1],
-             "autoencoder_seconds": t_ae, "total_seconds": t_total}
+             "heldout_first": _no_timing(heldout[0]), "heldout_last": _no_timing(heldout[-1])}
   _write_figures(cfg, run, history, rows, data, found, chosen_depth)
-  (run.path("table.md")).write_text(table_markdown(rows, summary) + "\n")
+  files.atomic_write_text(run.path("table.md"), table_markdown(rows, summary) + "\n")
   print(table_markdown(rows, summary))
   run.write_results(results, [
       {"metric": "SWAT-NN mean test MSE (scaled targets)", "value": summary["swat_test_mse"],
@@ -277,9 +313,13 @@ def main(argv=None) -> dict:
       {"metric": "AE held-out functional loss (normalized), first -> last",
        "value": heldout[-1]["heldout_loss_normalized"],
        "note": f"from {heldout[0]['heldout_loss_normalized']:.4g} at step 0"},
-  ])
+  ], timing={"autoencoder_seconds": t_ae, "total_seconds": t_total})
   log.info("Done in %.0f s (autoencoder %.0f s).", t_total, t_ae)
   return results
+
+
+def _no_timing(record: dict) -> dict:
+  return {k: v for k, v in record.items() if k != "chunk_s"}
 
 
 def table_markdown(rows: list[dict], summary: dict) -> str:
@@ -321,4 +361,4 @@ def _write_figures(cfg, run, history, rows, data, found, chosen_depth) -> None:
 
 
 if __name__ == "__main__":
-  main()
+  config.main(main)

@@ -52,13 +52,21 @@ def test_default_workdir(tmp_path, monkeypatch):
   assert (tmp_path / "runs/toy/paper/config.json").exists()
 
 
-@pytest.mark.parametrize("argv", [["--lrr", "1"], ["--steps", "ten"], ["--preset", "huge"]])
-def test_unknown_or_ill_typed_override_exits(tmp_path, argv, capsys):
-  with pytest.raises(SystemExit) as e:
-    config.cli(Cfg, PRESETS, paper="toy", argv=argv + ["--workdir", str(tmp_path)])
-  assert e.value.code != 0
-  err = capsys.readouterr()
-  assert argv[0].lstrip("-")[:4] in (err.out + err.err)
+@pytest.mark.parametrize("argv, message", [
+    (["--lrr", "1"], r"^Unrecognized options: --lrr, 1; perhaps you meant --lr \(see --help\)$"),
+    (["--steps", "ten"], r"^value error: Error parsing --steps: invalid literal .*'ten' \(see --help\)$"),
+    (["--steps"], r"Missing value for argument '--steps'"),
+    (["--preset", "huge"], r"invalid choice: 'huge'"),
+    (["--workdir"], r"--workdir: expected one argument"),
+    (["--lr", "inf"], r"^lr must be a finite number, got inf\.$"),
+    (["--sizes", "1", "nan"], r"sizes"),
+])
+def test_usage_errors_are_one_line_config_errors(tmp_path, argv, message, capsys):
+  with pytest.raises(config.ConfigError, match=message) as e:
+    config.cli(Cfg, PRESETS, paper="toy", argv=argv + ["--workdir", str(tmp_path / "w")])
+  assert "\n" not in str(e.value)
+  assert capsys.readouterr().err == ""  # tyro's box is not printed
+  assert not (tmp_path / "w").exists()
 
 
 def test_validate_rejects_bad_values_before_anything_is_written(tmp_path):

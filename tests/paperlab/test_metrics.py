@@ -44,3 +44,53 @@ def test_progress_bar_counts(tmp_path):
   bar.update(6)
   assert bar.n == 10
   bar.close()
+
+
+def _strict(text):
+  def no_constants(name):
+    raise AssertionError(f"bare {name} in the file")
+  return [json.loads(line, parse_constant=no_constants) for line in text.splitlines()]
+
+
+def test_non_finite_values_are_written_as_strict_json(tmp_path):
+  w = metrics.MetricWriter(tmp_path)
+  rec = w.write(1, {"loss": float("nan"), "acc": np.float32(np.inf), "ok": 1.0})
+  assert rec == {"step": 1, "loss": None, "acc": None, "ok": 1.0}
+  assert _strict((tmp_path / "metrics.jsonl").read_text())[0]["loss"] is None
+  assert w.series("loss")[1].tolist() != w.series("loss")[1].tolist()  # NaN in memory again
+
+
+def test_torn_last_line_is_dropped_and_the_file_rewritten_on_resume(tmp_path):
+  w = metrics.MetricWriter(tmp_path)
+  for s in (1, 2):
+    w.write(s, {"loss": 0.5})
+  with open(tmp_path / "metrics.jsonl", "a") as f:
+    f.write('{"step": 3, "lo')  # a crash while the line was written
+  w = metrics.MetricWriter(tmp_path, resume_step=3)
+  assert [r["step"] for r in w.records] == [1, 2]
+  w.write(3, {"loss": 0.25})
+  assert [r["step"] for r in _strict((tmp_path / "metrics.jsonl").read_text())] == [1, 2, 3]
+  assert not list(tmp_path.glob(".*.tmp"))  # no temporary left behind
+
+
+def test_run_progress_eta_skip_and_log_lines(caplog):
+  import logging  # pylint: disable=g-import-not-at-top
+  import time  # pylint: disable=g-import-not-at-top
+  with caplog.at_level(logging.INFO):
+    with metrics.RunProgress(100, desc="toy", unit="round", log_every_s=0.05, disable=True) as bar:
+      assert bar.eta() is None
+      bar.skip(50)  # resumed work sets no rate
+      assert bar.eta() is None and "50/100 round (50.0%)" in bar.status()
+      with bar.phase("a long jitted call", units=25):
+        time.sleep(0.3)  # the main thread is busy: the log thread still reports
+      assert bar.done == 75 and bar.computed == 25
+      eta = bar.eta()
+      assert eta is not None and 0 < eta < 10 * bar.elapsed()
+  lines = [r.getMessage() for r in caplog.records]
+  ticks = [x for x in lines if x.startswith("progress: toy") and "phase a long jitted call" in x]
+  assert len(ticks) >= 2, lines
+  assert "phase: a long jitted call" in lines and any(x.startswith("phase done:") for x in lines)
+  for bad in (0, -1):
+    with pytest.raises(ValueError, match="total"):
+      metrics.RunProgress(bad)
+  assert metrics.format_seconds(3725) == "1:02:05" and metrics.format_seconds(None) == "?"

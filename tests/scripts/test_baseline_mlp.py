@@ -2,9 +2,12 @@
 
 import json
 import pathlib
+import shutil
 import sys
 
 import pytest
+
+from paperlab import checkpoint
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -26,6 +29,18 @@ def test_baseline_trains_resumes_and_writes_results(tmp_path):
   assert headline[0]["value"] == res["test_acc"] and "5k subset" in headline[0]["metric"]
   # A rerun resumes from the final checkpoint and reproduces the same numbers.
   assert baseline_mlp.main(argv)["test_acc"] == res["test_acc"]
+  # Corrupted checkpoint bytes (same file size) are an error naming the step, not a silent restore;
+  # the fallback the message names (delete that step) resumes from the previous one, exactly.
+  ckpts = tmp_path / "checkpoints"
+  last = max((p for p in ckpts.iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
+  data_file = max((p for p in last.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+  raw = bytearray(data_file.read_bytes())
+  raw[:4096] = bytes(min(4096, len(raw)))
+  data_file.write_bytes(bytes(raw))
+  with pytest.raises(checkpoint.CheckpointError, match=f"(?s){last}.*delete {last}"):
+    baseline_mlp.main(argv)
+  shutil.rmtree(last)
+  assert baseline_mlp.main(argv)["test_acc"] == res["test_acc"]
 
 
 def test_baseline_rejects_bad_config(tmp_path):
@@ -36,18 +51,20 @@ def test_baseline_rejects_bad_config(tmp_path):
 
 
 def test_summary_table_lists_every_headline_row():
-  outcomes = [{"paper": "A", "seconds": 12.0, "ok": True, "command": "python a.py",
+  outcomes = [{"key": "a", "paper": "A", "seconds": 12.0, "ok": True, "command": "python a.py",
                "rows": [{"metric": "acc", "value": 0.91234, "note": "n"},
                         {"metric": "loss", "value": 0.1, "note": ""}]},
-              {"paper": "B", "seconds": 3.0, "ok": False, "rows": [{"metric": "run failed", "value": "exit code 1"}]},
-              {"paper": "C", "seconds": 1.0, "ok": True, "rows": [{"metric": "max |x|", "value": 1.0, "note": "a|b"}]}]
+              {"key": "b", "paper": "B", "seconds": 3.0, "ok": False,
+               "rows": [{"metric": "run failed", "value": "exit code 1"}]},
+              {"key": "c", "paper": "C", "seconds": 1.0, "ok": True,
+               "rows": [{"metric": "max |x|", "value": 1.0, "note": "a|b"}]}]
   text = reproduce.summary_markdown(outcomes, reproduce.Args(), 15.0)
   assert "| A | acc | 0.9123 | n | 12 s |" in text
   assert "|  | loss | 0.1 |  |  |" in text
-  assert "| B | run failed | exit code 1 |" in text
+  assert "| B | run failed | exit code 1 |" in text and "**Failed: b.**" in text
   assert "| C | max \\|x\\| | 1 | a\\|b | 1 s |" in text  # pipes in cells are escaped
 
 
 def test_reproduce_rejects_unknown_entries():
-  with pytest.raises(SystemExit, match="unknown --only"):
+  with pytest.raises(ValueError, match="unknown --only"):
     reproduce.main(["--only", "nope"])
