@@ -47,11 +47,14 @@ class ScaleByDionState(NamedTuple):
     key: PRNG key; the initial ``Q`` and every RCQR sketch derive from it.
     momentum: ``M`` per leaf, shaped like the parameter.
     q: right factor ``Q`` per leaf, shape ``(*batch, q_dim, r)``.
+    nonfinite_count: per leaf, the number of steps (int32) on which ``M + G``
+      held a NaN or an infinity, so that the step was skipped for that leaf.
   """
   count: jax.Array
   key: jax.Array
   momentum: Any
   q: Any
+  nonfinite_count: Any
 
 
 class LeafPlan(NamedTuple):
@@ -264,19 +267,32 @@ def power_step(b: jax.Array, q: jax.Array, key: jax.Array, *, mu: Any = 0.95, ep
 
 def _dion_leaf(plan: LeafPlan, layout: _Layout, grad: jax.Array, momentum: jax.Array,
                q: jax.Array, key: jax.Array, *, data_axis: str | None, compressed: bool,
-               **step_kw: Any) -> tuple[jax.Array, jax.Array, jax.Array]:
-  """One Dion step for one leaf in parameter layout; returns ``(update, momentum, q)``."""
+               grouped: bool, **step_kw: Any) -> tuple[jax.Array, ...]:
+  """One Dion step for one leaf (or a group of stacked leaves) in parameter layout.
+
+  Returns ``(update, momentum, q, finite)``. ``finite`` is one flag per stacked
+  leaf when ``grouped`` (shape ``plan.batch``), else one flag for the leaf.
+  Where ``B = M + G`` of a leaf holds a NaN or an infinity, the leaf keeps its
+  ``M`` and ``Q`` and its update is 0.
+  """
   g = _oriented(grad.astype(jnp.float32), plan)
   if data_axis is not None and not compressed:
     g = lax.pmean(g, data_axis)
-  b = layout.full(_oriented(momentum.astype(jnp.float32), plan) + g)
+  m_old = _oriented(momentum.astype(jnp.float32), plan)
+  b = layout.full(m_old + g)
+  finite = jnp.all(jnp.isfinite(b), axis=(-2, -1) if grouped else None)
+  if data_axis is not None and compressed:  # every replica must skip together
+    finite = lax.pmin(finite.astype(jnp.int32), data_axis).astype(bool)
   q_old = layout.qside(q.astype(jnp.float32).reshape((-1,) + q.shape[-2:]))
   out = power_step(b, q_old, key, layout=layout, data_axis=data_axis if compressed else None,
                    **step_kw)
-  update = layout.full(plan.scale * out.direction)
+  keep = finite[:, None, None] if grouped else finite
+  update = layout.full(jnp.where(keep, plan.scale * out.direction, 0.0))
+  new_m = layout.full(jnp.where(keep, out.momentum, m_old))
+  new_q = layout.qside(jnp.where(keep, out.q, q_old))
   return (_to_param_layout(update, plan).astype(grad.dtype),
-          _to_param_layout(out.momentum, plan).astype(momentum.dtype),
-          out.q.reshape(q.shape).astype(q.dtype))
+          _to_param_layout(new_m, plan).astype(momentum.dtype),
+          new_q.reshape(q.shape).astype(q.dtype), finite)
 
 
 def _check_args(rank_fraction, rank_multiple_of, power_iters, qr_method, oversample, mesh, specs):
@@ -312,6 +328,12 @@ def scale_by_dion(rank_fraction: float = 1.0, mu: Any = 0.95, rank_multiple_of: 
     u &= \sqrt{\mathrm{fan_{out}} / \mathrm{fan_{in}}}\; P Q^\top
 
   If ``B = 0`` then ``P = 0`` and ``R = Q`` (zero update, no NaN).
+
+  Non-finite gradients: a leaf whose ``B = M + G`` holds a NaN or an infinity
+  keeps its ``M`` and ``Q`` unchanged and gets a zero update for that step, and
+  its entry of ``nonfinite_count`` in the state goes up by one (like
+  ``optax.apply_if_finite``, but per leaf: the other leaves take their step).
+  A stack of matrices (one leaf) is skipped as a whole.
 
   Args:
     rank_fraction: ``r = ceil(rank_fraction * min(m, n))`` (rounded up to
@@ -373,15 +395,17 @@ def scale_by_dion(rank_fraction: float = 1.0, mu: Any = 0.95, rank_multiple_of: 
         m = lax.with_sharding_constraint(m, layout.param_sharding())
         q = lax.with_sharding_constraint(q, layout.q_state_sharding())
       moms[i], qs[i] = m, q
-    return ScaleByDionState(jnp.zeros([], jnp.int32), base_key(),
-                            leaves.unflatten(moms), leaves.unflatten(qs))
+    counts = {i: jnp.zeros([], jnp.int32) for i in planned}
+    return ScaleByDionState(jnp.zeros([], jnp.int32), base_key(), leaves.unflatten(moms),
+                            leaves.unflatten(qs), leaves.unflatten(counts))
 
   def update_fn(updates, state, params=None):
     del params
     leaves, planned = plans(updates)
     flat_m, flat_q = leaves.flatten(state.momentum), leaves.flatten(state.q)
+    flat_n = leaves.flatten(state.nonfinite_count)
     step_key = jax.random.fold_in(jax.random.fold_in(state.key, 1), state.count)
-    new_u, new_m, new_q = {}, {}, {}
+    new_u, new_m, new_q, new_n = {}, {}, {}, {}
     for members in _groups(planned, leaves, group_same_shape).values():
       plan = planned[members[0]]
       if len(members) > 1:  # same-shape matrices: one batched step (stack axis first)
@@ -394,13 +418,14 @@ def scale_by_dion(rank_fraction: float = 1.0, mu: Any = 0.95, rank_multiple_of: 
           plan, _Layout(plan, mesh), stack(leaves.flat), stack(flat_m), stack(flat_q),
           jax.random.fold_in(step_key, members[0]), mu=mu, eps=eps, qr_method=qr_method,
           oversample=oversample, power_iters=power_iters, data_axis=data_axis,
-          compressed=compressed)
+          compressed=compressed, grouped=len(members) > 1)
       for j, i in enumerate(members):
         pick = (lambda x: x) if len(members) == 1 else (lambda x, j=j: x[j])
-        new_u[i], new_m[i], new_q[i] = (pick(x) for x in outs)
+        new_u[i], new_m[i], new_q[i], finite = (pick(x) for x in outs)
+        new_n[i] = flat_n[i] + jnp.logical_not(finite).astype(flat_n[i].dtype)
     return leaves.unflatten(new_u), ScaleByDionState(
         optax.safe_increment(state.count), state.key, leaves.unflatten(new_m),
-        leaves.unflatten(new_q))
+        leaves.unflatten(new_q), leaves.unflatten(new_n))
 
   return optax.GradientTransformation(init_fn, update_fn)
 
@@ -417,6 +442,20 @@ def synchronize(opt_state: Any, data_axis: str) -> Any:
       return node._replace(momentum=jax.tree.map(lambda m: lax.pmean(m, data_axis), node.momentum))
     return node
   return jax.tree.map(sync, opt_state, is_leaf=lambda x: isinstance(x, ScaleByDionState))
+
+
+def _zero_skipped(inner: optax.GradientTransformation) -> optax.GradientTransformation:
+  """Zeroes the chained update (weight decay included) of leaves Dion skipped this step.
+
+  ``inner`` is a chain whose first state is a `ScaleByDionState`; a leaf was
+  skipped when its ``nonfinite_count`` went up.
+  """
+  def update_fn(updates, state, params=None):
+    out, new_state = inner.update(updates, state, params)
+    out = jax.tree.map(lambda u, old, new: jnp.where(new > old, jnp.zeros_like(u), u), out,
+                       state[0].nonfinite_count, new_state[0].nonfinite_count)
+    return out, new_state
+  return optax.GradientTransformation(inner.init, update_fn)
 
 
 def dion(learning_rate: optax.ScalarOrSchedule, rank_fraction: float = 1.0, mu: Any = 0.95,
@@ -442,6 +481,12 @@ def dion(learning_rate: optax.ScalarOrSchedule, rank_fraction: float = 1.0, mu: 
   (head learning rate times ``1/sqrt(fan_in)`` for Lion, 1 for AdamW).
   Under `optax.inject_hyperparams` pass ``static_args=DION_STATIC_ARGS``.
 
+  A matrix whose gradient holds a NaN or an infinity gets a zero update (no
+  weight decay either) and keeps its Dion state for that step (see
+  `scale_by_dion`). The scalar groups are optax's AdamW / Lion, which have no
+  such guard: a non-finite gradient there reaches their moments; wrap the whole
+  optimizer in ``optax.apply_if_finite`` to skip such steps entirely.
+
   Args:
     learning_rate: matrix learning rate (scalar or schedule).
     rank_fraction, mu, rank_multiple_of, power_iters, qr_method, oversample, eps,
@@ -459,12 +504,12 @@ def dion(learning_rate: optax.ScalarOrSchedule, rank_fraction: float = 1.0, mu: 
     An `optax.GradientTransformation` (an ``optax.partition``).
   """
   from optim import routed as routed_lib  # pylint: disable=import-outside-toplevel
-  matrix = optax.chain(
+  matrix = _zero_skipped(optax.chain(
       scale_by_dion(rank_fraction, mu, rank_multiple_of, power_iters, qr_method, oversample, eps,
                     momentum_dtype, key, mesh=mesh, specs=specs, fsdp_axis=fsdp_axis,
                     tp_axis=tp_axis, data_axis=data_axis, group_same_shape=group_same_shape),
       optax.add_decayed_weights(weight_decay),
-      optax.scale_by_learning_rate(learning_rate))
+      optax.scale_by_learning_rate(learning_rate)))
   return routed_lib.routed(
       matrix, learning_rate, labels=labels, scalar_optimizer=scalar_optimizer,
       scalar_learning_rate=scalar_learning_rate, scalar_b1=scalar_b1, scalar_b2=scalar_b2,
