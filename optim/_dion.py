@@ -35,7 +35,7 @@ from optim import orthogonalize as orth
 # `optax.inject_hyperparams` (for `scale_by_dion` and for `dion` respectively).
 STATIC_ARGS = ("rank_fraction", "rank_multiple_of", "power_iters", "qr_method", "oversample",
                "momentum_dtype", "key", "mesh", "specs", "data_axis", "fsdp_axis", "tp_axis",
-               "group_same_shape")
+               "group_same_shape", "precision")
 DION_STATIC_ARGS = STATIC_ARGS + ("labels", "scalar_optimizer")
 
 
@@ -275,15 +275,16 @@ def _dion_leaf(plan: LeafPlan, layout: _Layout, grad: jax.Array, momentum: jax.A
   Where ``B = M + G`` of a leaf holds a NaN or an infinity, the leaf keeps its
   ``M`` and ``Q`` and its update is 0.
   """
-  g = _oriented(grad.astype(jnp.float32), plan)
+  cdt = step_kw.pop("compute_dtype")
+  g = _oriented(grad.astype(cdt), plan)
   if data_axis is not None and not compressed:
     g = lax.pmean(g, data_axis)
-  m_old = _oriented(momentum.astype(jnp.float32), plan)
+  m_old = _oriented(momentum.astype(cdt), plan)
   b = layout.full(m_old + g)
   finite = jnp.all(jnp.isfinite(b), axis=(-2, -1) if grouped else None)
   if data_axis is not None and compressed:  # every replica must skip together
     finite = lax.pmin(finite.astype(jnp.int32), data_axis).astype(bool)
-  q_old = layout.qside(q.astype(jnp.float32).reshape((-1,) + q.shape[-2:]))
+  q_old = layout.qside(q.astype(cdt).reshape((-1,) + q.shape[-2:]))
   out = power_step(b, q_old, key, layout=layout, data_axis=data_axis if compressed else None,
                    **step_kw)
   keep = finite[:, None, None] if grouped else finite
@@ -293,6 +294,18 @@ def _dion_leaf(plan: LeafPlan, layout: _Layout, grad: jax.Array, momentum: jax.A
   return (_to_param_layout(update, plan).astype(grad.dtype),
           _to_param_layout(new_m, plan).astype(momentum.dtype),
           new_q.reshape(q.shape).astype(q.dtype), finite)
+
+
+PRECISIONS = ("float32", "float64")
+
+
+def _compute_dtype(precision: str) -> Any:
+  if precision not in PRECISIONS:
+    raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}.")
+  if precision == "float64" and not jax.config.jax_enable_x64:
+    raise ValueError("precision='float64' needs 64-bit JAX: call "
+                     "jax.config.update('jax_enable_x64', True) before building the optimizer.")
+  return jnp.float64 if precision == "float64" else jnp.float32
 
 
 def _check_args(rank_fraction, rank_multiple_of, power_iters, qr_method, oversample, mesh, specs):
@@ -315,7 +328,8 @@ def scale_by_dion(rank_fraction: float = 1.0, mu: Any = 0.95, rank_multiple_of: 
                   eps: Any = 1e-8, momentum_dtype: Any = None, key: jax.Array | int = 0, *,
                   mesh: Mesh | None = None, specs: Any = None, fsdp_axis: str = mesh_lib.FSDP,
                   tp_axis: str = mesh_lib.TP, data_axis: str | None = None,
-                  group_same_shape: bool = True) -> optax.GradientTransformation:
+                  group_same_shape: bool = True,
+                  precision: str = "float32") -> optax.GradientTransformation:
   r"""Dion's orthonormalized low-rank direction, ``sqrt(fan_out/fan_in) P Q^T``.
 
   For each matrix, oriented as ``B`` of shape ``(p, q)`` (see `plan_leaf`), with
@@ -328,6 +342,15 @@ def scale_by_dion(rank_fraction: float = 1.0, mu: Any = 0.95, rank_multiple_of: 
     u &= \sqrt{\mathrm{fan_{out}} / \mathrm{fan_{in}}}\; P Q^\top
 
   If ``B = 0`` then ``P = 0`` and ``R = Q`` (zero update, no NaN).
+
+  Precision policy: ``M``, ``Q`` and the update are stored in the parameter
+  dtype (``M`` and ``Q`` in ``momentum_dtype`` if given) and the update is
+  returned in the parameter dtype. Everything in between (``M + G``, the
+  products with ``Q``, ``P`` and ``R``, the orthonormalisation, the error
+  feedback and the column norms) runs in float32, also for float64 or bfloat16
+  parameters; ``precision='float64'`` runs it in float64 instead (slower: float64
+  matmuls; the way to agree with a float64 reference to
+  ``~1e-10`` on ill-conditioned momenta).
 
   Non-finite gradients: a leaf whose ``B = M + G`` holds a NaN or an infinity
   keeps its ``M`` and ``Q`` unchanged and gets a zero update for that step, and
@@ -344,8 +367,7 @@ def scale_by_dion(rank_fraction: float = 1.0, mu: Any = 0.95, rank_multiple_of: 
     qr_method: ``'rcqr'`` (randomized Cholesky-QR, default), ``'cqr'`` or ``'qr'``.
     oversample: RCQR sketch oversampling; sketch rows ``ceil(oversample r/128)*128``.
     eps: added to the column norms of ``R``.
-    momentum_dtype: dtype of ``M`` and ``Q`` (default: the parameter dtype); the
-      power iteration and orthonormalisation always run in float32.
+    momentum_dtype: dtype of ``M`` and ``Q`` (default: the parameter dtype).
     key: PRNG key or int seed for the initial ``Q`` and the sketches. Results are
       identical on every device and for any sharding.
     mesh: device mesh the parameters live on (``None``: no constraints).
@@ -359,6 +381,9 @@ def scale_by_dion(rank_fraction: float = 1.0, mu: Any = 0.95, rank_multiple_of: 
     group_same_shape: run 2-D leaves with the same shape, orientation, rank,
       specs and dtype as one batched step (fewer, larger kernels; faster to
       compile). Each matrix keeps its own momentum, Q and sketch slice.
+    precision: ``'float32'`` (default) or ``'float64'``: the dtype the step
+      computes in (see the precision policy above). ``'float64'`` needs
+      ``jax_enable_x64``.
 
   Returns:
     An `optax.GradientTransformation` with state `ScaleByDionState`.
@@ -368,6 +393,7 @@ def scale_by_dion(rank_fraction: float = 1.0, mu: Any = 0.95, rank_multiple_of: 
       take (at ``init``), naming the leaf path and shape.
   """
   _check_args(rank_fraction, rank_multiple_of, power_iters, qr_method, oversample, mesh, specs)
+  compute_dtype = _compute_dtype(precision)
   if isinstance(mu, (int, float)) and not 0.0 <= mu <= 1.0:
     raise ValueError(f"mu must be in [0, 1], got {mu!r}.")
   plan_kw = dict(rank_fraction=rank_fraction, rank_multiple_of=rank_multiple_of,
@@ -418,7 +444,7 @@ def scale_by_dion(rank_fraction: float = 1.0, mu: Any = 0.95, rank_multiple_of: 
           plan, _Layout(plan, mesh), stack(leaves.flat), stack(flat_m), stack(flat_q),
           jax.random.fold_in(step_key, members[0]), mu=mu, eps=eps, qr_method=qr_method,
           oversample=oversample, power_iters=power_iters, data_axis=data_axis,
-          compressed=compressed, grouped=len(members) > 1)
+          compressed=compressed, grouped=len(members) > 1, compute_dtype=compute_dtype)
       for j, i in enumerate(members):
         pick = (lambda x: x) if len(members) == 1 else (lambda x, j=j: x[j])
         new_u[i], new_m[i], new_q[i], finite = (pick(x) for x in outs)
@@ -463,7 +489,8 @@ def dion(learning_rate: optax.ScalarOrSchedule, rank_fraction: float = 1.0, mu: 
          qr_method: str = "rcqr", oversample: float = 1.25, eps: Any = 1e-8,
          momentum_dtype: Any = None, key: jax.Array | int = 0, mesh: Mesh | None = None,
          specs: Any = None, fsdp_axis: str = mesh_lib.FSDP, tp_axis: str = mesh_lib.TP,
-         data_axis: str | None = None, group_same_shape: bool = True, labels: Any = None,
+         data_axis: str | None = None, group_same_shape: bool = True,
+         precision: str = "float32", labels: Any = None,
          scalar_optimizer: str = "adamw",
          scalar_learning_rate: optax.ScalarOrSchedule | None = None, scalar_b1: Any = 0.9,
          scalar_b2: Any = 0.95, scalar_eps: Any = 1e-8, scalar_weight_decay: Any = 0.0,
@@ -491,7 +518,7 @@ def dion(learning_rate: optax.ScalarOrSchedule, rank_fraction: float = 1.0, mu: 
     learning_rate: matrix learning rate (scalar or schedule).
     rank_fraction, mu, rank_multiple_of, power_iters, qr_method, oversample, eps,
       momentum_dtype, key, mesh, specs, fsdp_axis, tp_axis, data_axis,
-      group_same_shape: see
+      group_same_shape, precision: see
       `scale_by_dion`.
     weight_decay: decoupled weight decay of the matrices (uses the base lr).
     labels: label tree / callable (`optim.labels`); default `label_params`.
@@ -507,7 +534,8 @@ def dion(learning_rate: optax.ScalarOrSchedule, rank_fraction: float = 1.0, mu: 
   matrix = _zero_skipped(optax.chain(
       scale_by_dion(rank_fraction, mu, rank_multiple_of, power_iters, qr_method, oversample, eps,
                     momentum_dtype, key, mesh=mesh, specs=specs, fsdp_axis=fsdp_axis,
-                    tp_axis=tp_axis, data_axis=data_axis, group_same_shape=group_same_shape),
+                    tp_axis=tp_axis, data_axis=data_axis, group_same_shape=group_same_shape,
+                    precision=precision),
       optax.add_decayed_weights(weight_decay),
       optax.scale_by_learning_rate(learning_rate)))
   return routed_lib.routed(
