@@ -270,7 +270,7 @@ def _dion_leaf(plan: LeafPlan, layout: _Layout, grad: jax.Array, momentum: jax.A
                grouped: bool, **step_kw: Any) -> tuple[jax.Array, ...]:
   """One Dion step for one leaf (or a group of stacked leaves) in parameter layout.
 
-  Returns ``(update, momentum, q, finite)``. ``finite`` is one flag per stacked
+  Returns ``(update, momentum, q, finite)`` (the update in the compute dtype). ``finite`` is one flag per stacked
   leaf when ``grouped`` (shape ``plan.batch``), else one flag for the leaf.
   Where ``B = M + G`` of a leaf holds a NaN or an infinity, the leaf keeps its
   ``M`` and ``Q`` and its update is 0.
@@ -291,7 +291,7 @@ def _dion_leaf(plan: LeafPlan, layout: _Layout, grad: jax.Array, momentum: jax.A
   update = layout.full(jnp.where(keep, plan.scale * out.direction, 0.0))
   new_m = layout.full(jnp.where(keep, out.momentum, m_old))
   new_q = layout.qside(jnp.where(keep, out.q, q_old))
-  return (_to_param_layout(update, plan).astype(grad.dtype),
+  return (_to_param_layout(update, plan),
           _to_param_layout(new_m, plan).astype(momentum.dtype),
           new_q.reshape(q.shape).astype(q.dtype), finite)
 
@@ -409,6 +409,12 @@ def scale_by_dion(rank_fraction: float = 1.0, mu: Any = 0.95, rank_multiple_of: 
 
   def init_fn(params):
     leaves, planned = plans(params)
+    for i in planned:
+      dtype = jnp.result_type(leaves.flat[i])
+      if not jnp.issubdtype(dtype, jnp.floating):
+        raise ValueError(f"Dion needs floating-point parameters but leaf {leaves.paths[i]!r} "
+                         f"{tuple(leaves.flat[i].shape)} has dtype {dtype}; cast it or route it "
+                         "elsewhere (optim.labels).")
     k0 = jax.random.fold_in(base_key(), 0)
     moms, qs = {}, {}
     for i, plan in planned.items():
@@ -426,10 +432,24 @@ def scale_by_dion(rank_fraction: float = 1.0, mu: Any = 0.95, rank_multiple_of: 
                             leaves.unflatten(qs), leaves.unflatten(counts))
 
   def update_fn(updates, state, params=None):
-    del params
     leaves, planned = plans(updates)
     flat_m, flat_q = leaves.flatten(state.momentum), leaves.flatten(state.q)
     flat_n = leaves.flatten(state.nonfinite_count)
+    flat_p = leaves.flatten(params) if params is not None else [None] * len(leaves.flat)
+    out_dtype = {}
+    for i in planned:
+      g, m, p = leaves.flat[i], flat_m[i], flat_p[i]
+      for name, ref in (("momentum", m), ("parameter", p)):
+        if ref is not None and tuple(g.shape) != tuple(ref.shape):
+          raise ValueError(f"Gradient of leaf {leaves.paths[i]!r} has shape {tuple(g.shape)} but "
+                           f"its {name} has shape {tuple(ref.shape)}; pass gradients shaped "
+                           "like the parameters.")
+      if p is not None:
+        out_dtype[i] = p.dtype
+      elif momentum_dtype is None:
+        out_dtype[i] = m.dtype
+      else:
+        out_dtype[i] = g.dtype
     step_key = jax.random.fold_in(jax.random.fold_in(state.key, 1), state.count)
     new_u, new_m, new_q, new_n = {}, {}, {}, {}
     for members in _groups(planned, leaves, group_same_shape).values():
@@ -448,6 +468,7 @@ def scale_by_dion(rank_fraction: float = 1.0, mu: Any = 0.95, rank_multiple_of: 
       for j, i in enumerate(members):
         pick = (lambda x: x) if len(members) == 1 else (lambda x, j=j: x[j])
         new_u[i], new_m[i], new_q[i], finite = (pick(x) for x in outs)
+        new_u[i] = new_u[i].astype(out_dtype[i])
         new_n[i] = flat_n[i] + jnp.logical_not(finite).astype(flat_n[i].dtype)
     return leaves.unflatten(new_u), ScaleByDionState(
         optax.safe_increment(state.count), state.key, leaves.unflatten(new_m),
