@@ -23,6 +23,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax import lax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
@@ -39,6 +40,57 @@ STATIC_ARGS = ("rank_fraction", "rank_multiple_of", "power_iters", "qr_method", 
 DION_STATIC_ARGS = STATIC_ARGS + ("labels", "scalar_optimizer")
 
 
+@jax.tree_util.register_pytree_node_class
+class DionConfig:
+  """The shape-fixing settings of `scale_by_dion`, kept in its state as static data.
+
+  A pytree node with no leaves: under ``jit`` it travels in the tree structure,
+  so `update` reads the values `init` saw even when `optax.inject_hyperparams`
+  hands the factory traced arrays for them.
+  """
+
+  def __init__(self, rank_fraction: float, rank_multiple_of: int, power_iters: int,
+               oversample: float):
+    self.rank_fraction, self.rank_multiple_of = rank_fraction, rank_multiple_of
+    self.power_iters, self.oversample = power_iters, oversample
+
+  def tree_flatten(self):
+    return (), (self.rank_fraction, self.rank_multiple_of, self.power_iters, self.oversample)
+
+  @classmethod
+  def tree_unflatten(cls, aux, children):
+    del children
+    return cls(*aux)
+
+  def __repr__(self):
+    return (f"DionConfig(rank_fraction={self.rank_fraction}, rank_multiple_of="
+            f"{self.rank_multiple_of}, power_iters={self.power_iters}, "
+            f"oversample={self.oversample})")
+
+
+def _python_number(name: str, value: Any, kind: type) -> Any:
+  """A Python number from a number or a concrete 0-d array; ``None`` for a tracer.
+
+  `optax.inject_hyperparams` turns every numeric argument into an array (in the
+  parameter dtype): ``float32(0.3)`` comes back as ``0.3``, not 0.30000001.
+  """
+  if isinstance(value, bool):
+    raise ValueError(f"{name} must be a number, got {value!r}.")
+  if isinstance(value, (int, float)):
+    return value
+  if isinstance(value, jax.core.Tracer):
+    return None
+  try:
+    arr = np.asarray(value)
+  except (TypeError, ValueError):
+    return value  # a bad value: reported by the checks
+  if arr.shape != () or not np.issubdtype(arr.dtype, np.number):
+    return value
+  if kind is int:
+    return int(arr)
+  return float(np.format_float_positional(arr[()], unique=True))
+
+
 class ScaleByDionState(NamedTuple):
   """State of `scale_by_dion`.
 
@@ -49,12 +101,14 @@ class ScaleByDionState(NamedTuple):
     q: right factor ``Q`` per leaf, shape ``(*batch, q_dim, r)``.
     nonfinite_count: per leaf, the number of steps (int32) on which ``M + G``
       held a NaN or an infinity, so that the step was skipped for that leaf.
+    config: the shape-fixing settings (`DionConfig`, static data, no arrays).
   """
   count: jax.Array
   key: jax.Array
   momentum: Any
   q: Any
   nonfinite_count: Any
+  config: Any = None
 
 
 class LeafPlan(NamedTuple):
@@ -309,15 +363,18 @@ def _compute_dtype(precision: str) -> Any:
 
 
 def _check_args(rank_fraction, rank_multiple_of, power_iters, qr_method, oversample, mesh, specs):
-  if not isinstance(rank_fraction, (int, float)) or not 0.0 < rank_fraction <= 1.0:
+  """Checks the settings; ``None`` (a traced value, see `_python_number`) is skipped."""
+  if rank_fraction is not None and (not isinstance(rank_fraction, (int, float))
+                                    or not 0.0 < rank_fraction <= 1.0):
     raise ValueError(f"rank_fraction must be a number in (0, 1], got {rank_fraction!r}.")
-  if not isinstance(rank_multiple_of, int) or rank_multiple_of < 1:
+  if rank_multiple_of is not None and (not isinstance(rank_multiple_of, int)
+                                       or rank_multiple_of < 1):
     raise ValueError(f"rank_multiple_of must be an int >= 1, got {rank_multiple_of!r}.")
-  if not isinstance(power_iters, int) or power_iters < 1:
+  if power_iters is not None and (not isinstance(power_iters, int) or power_iters < 1):
     raise ValueError(f"power_iters must be an int >= 1, got {power_iters!r}.")
   if qr_method not in orth.QR_METHODS:
     raise ValueError(f"qr_method must be one of {orth.QR_METHODS}, got {qr_method!r}.")
-  if not isinstance(oversample, (int, float)) or oversample < 1.0:
+  if oversample is not None and (not isinstance(oversample, (int, float)) or oversample < 1.0):
     raise ValueError(f"oversample must be a number >= 1, got {oversample!r}.")
   if specs is not None and mesh is None:
     raise ValueError("specs were given without a mesh; pass mesh=... as well.")
@@ -392,23 +449,35 @@ def scale_by_dion(rank_fraction: float = 1.0, mu: Any = 0.95, rank_multiple_of: 
     ValueError: bad hyperparameters (at construction) or a leaf Dion cannot
       take (at ``init``), naming the leaf path and shape.
   """
-  _check_args(rank_fraction, rank_multiple_of, power_iters, qr_method, oversample, mesh, specs)
+  settings = (_python_number("rank_fraction", rank_fraction, float),
+              _python_number("rank_multiple_of", rank_multiple_of, int),
+              _python_number("power_iters", power_iters, int),
+              _python_number("oversample", oversample, float))
+  _check_args(settings[0], settings[1], settings[2], qr_method, settings[3], mesh, specs)
   compute_dtype = _compute_dtype(precision)
   if isinstance(mu, (int, float)) and not 0.0 <= mu <= 1.0:
     raise ValueError(f"mu must be in [0, 1], got {mu!r}.")
-  plan_kw = dict(rank_fraction=rank_fraction, rank_multiple_of=rank_multiple_of,
-                 fsdp_axis=fsdp_axis, tp_axis=tp_axis)
 
   def base_key() -> jax.Array:
-    return jax.random.key(key) if isinstance(key, int) else key
+    if isinstance(key, jax.Array) and jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+      return key
+    return jax.random.key(_python_number("key", key, int))
 
-  def plans(tree):
+  def plans(tree, cfg):
     leaves = _leaves(tree, specs)
     return leaves, {i: plan_leaf(leaves.paths[i], tuple(leaves.flat[i].shape), leaves.specs[i],
-                                 **plan_kw) for i in leaves.arrays()}
+                                 rank_fraction=cfg.rank_fraction,
+                                 rank_multiple_of=cfg.rank_multiple_of, fsdp_axis=fsdp_axis,
+                                 tp_axis=tp_axis) for i in leaves.arrays()}
 
   def init_fn(params):
-    leaves, planned = plans(params)
+    if any(v is None for v in settings):
+      raise ValueError("rank_fraction, rank_multiple_of, power_iters and oversample fix array "
+                       "shapes and must be known when the state is made; under "
+                       "optax.inject_hyperparams pass static_args=optim.DION_STATIC_ARGS "
+                       "(optim.STATIC_ARGS for scale_by_dion).")
+    cfg = DionConfig(*settings)
+    leaves, planned = plans(params, cfg)
     for i in planned:
       dtype = jnp.result_type(leaves.flat[i])
       if not jnp.issubdtype(dtype, jnp.floating):
@@ -429,10 +498,11 @@ def scale_by_dion(rank_fraction: float = 1.0, mu: Any = 0.95, rank_multiple_of: 
       moms[i], qs[i] = m, q
     counts = {i: jnp.zeros([], jnp.int32) for i in planned}
     return ScaleByDionState(jnp.zeros([], jnp.int32), base_key(), leaves.unflatten(moms),
-                            leaves.unflatten(qs), leaves.unflatten(counts))
+                            leaves.unflatten(qs), leaves.unflatten(counts), cfg)
 
   def update_fn(updates, state, params=None):
-    leaves, planned = plans(updates)
+    cfg = state.config
+    leaves, planned = plans(updates, cfg)
     flat_m, flat_q = leaves.flatten(state.momentum), leaves.flatten(state.q)
     flat_n = leaves.flatten(state.nonfinite_count)
     flat_p = leaves.flatten(params) if params is not None else [None] * len(leaves.flat)
@@ -458,12 +528,12 @@ def scale_by_dion(rank_fraction: float = 1.0, mu: Any = 0.95, rank_multiple_of: 
         plan = plan._replace(path=f"{len(members)} x {plan.path}", batch=(len(members),))
       stack = (lambda xs: xs[members[0]]) if len(members) == 1 else (
           lambda xs: jnp.stack([xs[i] for i in members]))
-      compressed = (data_axis is not None and rank_fraction < 1.0
+      compressed = (data_axis is not None and cfg.rank_fraction < 1.0
                     and (plan.p_dim + plan.q_dim) * plan.rank < plan.p_dim * plan.q_dim)
       outs = _dion_leaf(
           plan, _Layout(plan, mesh), stack(leaves.flat), stack(flat_m), stack(flat_q),
           jax.random.fold_in(step_key, members[0]), mu=mu, eps=eps, qr_method=qr_method,
-          oversample=oversample, power_iters=power_iters, data_axis=data_axis,
+          oversample=cfg.oversample, power_iters=cfg.power_iters, data_axis=data_axis,
           compressed=compressed, grouped=len(members) > 1, compute_dtype=compute_dtype)
       for j, i in enumerate(members):
         pick = (lambda x: x) if len(members) == 1 else (lambda x, j=j: x[j])
@@ -472,7 +542,7 @@ def scale_by_dion(rank_fraction: float = 1.0, mu: Any = 0.95, rank_multiple_of: 
         new_n[i] = flat_n[i] + jnp.logical_not(finite).astype(flat_n[i].dtype)
     return leaves.unflatten(new_u), ScaleByDionState(
         optax.safe_increment(state.count), state.key, leaves.unflatten(new_m),
-        leaves.unflatten(new_q), leaves.unflatten(new_n))
+        leaves.unflatten(new_q), leaves.unflatten(new_n), cfg)
 
   return optax.GradientTransformation(init_fn, update_fn)
 
@@ -527,7 +597,11 @@ def dion(learning_rate: optax.ScalarOrSchedule, rank_fraction: float = 1.0, mu: 
   scale_by_learning_rate(learning_rate))``. Vectors, embeddings and the head
   go to the scalar optimizer as described in `optim.routed`
   (head learning rate times ``1/sqrt(fan_in)`` for Lion, 1 for AdamW).
-  Under `optax.inject_hyperparams` pass ``static_args=DION_STATIC_ARGS``.
+  Works under `optax.inject_hyperparams` as it is: the shape-fixing settings
+  (``rank_fraction``, ``rank_multiple_of``, ``power_iters``, ``oversample``)
+  are read when the state is made and kept in it (`DionConfig`), so their
+  injected copies are never used; ``static_args=DION_STATIC_ARGS`` keeps them
+  out of the injected hyperparameters altogether.
 
   A matrix whose gradient holds a NaN or an infinity gets a zero update (no
   weight decay either) and keeps its Dion state for that step (see
