@@ -197,6 +197,11 @@ class _Layout:
   def full(self, x):  # (L, p, q)
     return self._c(x, "batch_spec", "p_spec", "q_spec")
 
+  def stored(self, x):  # (L, fan_in, fan_out): (L, q, p) if p_last else (L, p, q)
+    if self.plan is not None and self.plan.p_last:
+      return self._c(x, "batch_spec", "q_spec", "p_spec")
+    return self.full(x)
+
   def tall(self, x):  # (L, p, r)
     return self._c(x, "batch_spec", "p_spec", None)
 
@@ -220,17 +225,6 @@ class _Layout:
     plan = self.plan
     two = (plan.q_spec, plan.p_spec) if plan.p_last else (plan.p_spec, plan.q_spec)
     return NamedSharding(self.mesh, PartitionSpec(*self._lead(), *two))
-
-
-def _oriented(x: jax.Array, plan: LeafPlan) -> jax.Array:
-  """``(*batch, fan_in, fan_out)`` -> ``(L, p, q)`` (and back, it is an involution on the last two)."""
-  x = x.reshape((math.prod(plan.batch),) + x.shape[-2:])
-  return jnp.swapaxes(x, -1, -2) if plan.p_last else x
-
-
-def _to_param_layout(x: jax.Array, plan: LeafPlan) -> jax.Array:
-  x = jnp.swapaxes(x, -1, -2) if plan.p_last else x
-  return x.reshape(plan.batch + x.shape[-2:])
 
 
 def _is_masked(x: Any) -> bool:
@@ -291,32 +285,39 @@ class DionStep(NamedTuple):
 
 def power_step(b: jax.Array, q: jax.Array, key: jax.Array, *, mu: Any = 0.95, eps: Any = 1e-8,
                qr_method: str = "rcqr", oversample: float = 1.25, power_iters: int = 1,
-               layout: Any = None, data_axis: str | None = None) -> DionStep:
-  r"""Dion's core on an oriented float32 ``B = M + G`` of shape ``(L, p, q)``.
+               layout: Any = None, data_axis: str | None = None,
+               transposed: bool = False, zero: jax.Array | None = None) -> DionStep:
+  r"""Dion's core on a float32 ``B = M + G`` of shape ``(L, p, q)``.
 
   .. math::
     P = \mathrm{orth}(B Q),\ R = B^\top P,\ M' = B - (1-\mu) P R^\top,\\
     Q' = R / (\|R_{:,j}\| + \epsilon)
 
-  With ``data_axis`` (inside ``shard_map``) ``B Q`` and ``R`` are averaged over
-  the axis, which equals the step on the averaged ``B`` since both are linear in it.
+  With ``transposed`` the input is ``B^T`` (shape ``(L, q, p)``) and ``momentum``
+  and ``direction`` come back transposed too: the products contract the stored
+  axes directly, so no transpose of a full matrix is ever materialised. With
+  ``data_axis`` (inside ``shard_map``) ``B Q`` and ``R`` are averaged over the
+  axis, which equals the step on the averaged ``B`` since both are linear in it.
   """
   layout = layout or _Layout(None, None)
   sync = (lambda x: lax.pmean(x, data_axis)) if data_axis else (lambda x: x)
+  full = layout.stored if transposed else layout.full
+  bs = "lqp" if transposed else "lpq"  # subscripts of b as given
   basis = q
   for i in range(power_iters):
-    p = sync(layout.tall(b @ basis))
+    p = sync(layout.tall(jnp.einsum(f"{bs},lqr->lpr", b, basis)))
     p = orth.orthonormalize(p, qr_method, key=jax.random.fold_in(key, i), oversample=oversample,
                             small=layout.small, tall=layout.tall, sketch=layout.sketch)
-    basis = sync(layout.qside(jnp.einsum("lpq,lpr->lqr", b, p)))
-  zero = jnp.all(b == 0, axis=(-2, -1))
+    basis = sync(layout.qside(jnp.einsum(f"{bs},lpr->lqr", b, p)))
+  if zero is None:  # per matrix: B = 0 (the caller may know it already)
+    zero = jnp.all(b == 0, axis=(-2, -1))
   if data_axis:
     zero = lax.pmin(zero.astype(jnp.int32), data_axis).astype(bool)
   p = jnp.where(zero[:, None, None], 0.0, p)
   r = jnp.where(zero[:, None, None], q, basis)
-  new_m = layout.full(b - (1.0 - mu) * (p @ jnp.swapaxes(r, -1, -2)))
+  new_m = full(b - (1.0 - mu) * jnp.einsum(f"lpr,lqr->{bs}", p, r))
   new_q = layout.qside(_column_normalize(r, eps))
-  return DionStep(p, r, new_m, new_q, layout.full(p @ jnp.swapaxes(new_q, -1, -2)))
+  return DionStep(p, r, new_m, new_q, full(jnp.einsum(f"lpr,lqr->{bs}", p, new_q)))
 
 
 def _dion_leaf(plan: LeafPlan, layout: _Layout, grad: jax.Array, momentum: jax.Array,
@@ -330,23 +331,29 @@ def _dion_leaf(plan: LeafPlan, layout: _Layout, grad: jax.Array, momentum: jax.A
   ``M`` and ``Q`` and its update is 0.
   """
   cdt = step_kw.pop("compute_dtype")
-  g = _oriented(grad.astype(cdt), plan)
+  # Stored layout (L, fan_in, fan_out); power_step contracts it as it is.
+  flat = lambda x: x.reshape((math.prod(plan.batch),) + x.shape[-2:])
+  g = flat(grad.astype(cdt))
   if data_axis is not None and not compressed:
     g = lax.pmean(g, data_axis)
-  m_old = _oriented(momentum.astype(cdt), plan)
-  b = layout.full(m_old + g)
-  finite = jnp.all(jnp.isfinite(b), axis=(-2, -1) if grouped else None)
+  m_old = flat(momentum.astype(cdt))
+  b = layout.stored(m_old + g)
+  # One reduction serves both checks: max|B| is NaN / inf iff B is not finite
+  # (max propagates NaN) and 0 iff B = 0.
+  peak = jnp.max(jnp.abs(b), axis=(-2, -1))
+  finite = jnp.isfinite(peak) if grouped else jnp.all(jnp.isfinite(peak))
   if data_axis is not None and compressed:  # every replica must skip together
     finite = lax.pmin(finite.astype(jnp.int32), data_axis).astype(bool)
   q_old = layout.qside(q.astype(cdt).reshape((-1,) + q.shape[-2:]))
   out = power_step(b, q_old, key, layout=layout, data_axis=data_axis if compressed else None,
-                   **step_kw)
+                   transposed=plan.p_last, zero=peak == 0, **step_kw)
   keep = finite[:, None, None] if grouped else finite
-  update = layout.full(jnp.where(keep, plan.scale * out.direction, 0.0))
-  new_m = layout.full(jnp.where(keep, out.momentum, m_old))
+  update = layout.stored(jnp.where(keep, plan.scale * out.direction, 0.0))
+  new_m = layout.stored(lax.cond(jnp.all(finite), lambda: out.momentum, lambda: m_old) if not grouped
+                        else jnp.where(keep, out.momentum, m_old))
   new_q = layout.qside(jnp.where(keep, out.q, q_old))
-  return (_to_param_layout(update, plan),
-          _to_param_layout(new_m, plan).astype(momentum.dtype),
+  return (update.reshape(grad.shape),
+          new_m.reshape(momentum.shape).astype(momentum.dtype),
           new_q.reshape(q.shape).astype(q.dtype), finite)
 
 
