@@ -35,10 +35,11 @@ import sys
 import time
 
 SHAPE = (1024, 4096)
-COUNT = 12
+# Smaller settings for a busy machine (make bench): DION_BENCH_COUNT=2 DION_BENCH_STEPS=2.
+COUNT = int(os.environ.get("DION_BENCH_COUNT", "12"))
 FRACTIONS = {"1/16": 1 / 16, "1/4": 0.25, "1": 1.0}
-STEPS = 3
-ROUNDS = 2
+STEPS = int(os.environ.get("DION_BENCH_STEPS", "3"))
+ROUNDS = int(os.environ.get("DION_BENCH_ROUNDS", "2"))
 METHOD = "rcqr"
 
 
@@ -200,7 +201,9 @@ def run(shape=SHAPE, count=COUNT, steps=STEPS, rounds=ROUNDS, method=METHOD,
            f"({'torch.compile' if compile_official else 'eager'}, cqr_warmup_steps=0). Floor = "
            "8 p q r FLOPs per matrix at the GEMM rate ((4096 x 1024) @ (1024 x 256)) measured "
            f"in the same process. Machine: {machine()} (shared with other jobs). Command: "
-           "`python benchmarks/dion_step.py --official`." + ("" if setup else " " + HOW_TO))
+           f"`DION_BENCH_COUNT={count} DION_BENCH_STEPS={steps} DION_BENCH_ROUNDS={rounds} "
+           "python benchmarks/run.py dion_official` (or `python benchmarks/dion_step.py "
+           "--official`)." + ("" if setup else " " + HOW_TO))
   return {"title": f"Dion step vs the official DionReference, {count} x {shape[0]}x{shape[1]}",
           "rows": rows, "notes": notes}
 

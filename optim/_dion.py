@@ -349,11 +349,14 @@ def _dion_leaf(plan: LeafPlan, layout: _Layout, grad: jax.Array, momentum: jax.A
                    transposed=plan.p_last, zero=peak == 0, **step_kw)
   keep = finite[:, None, None] if grouped else finite
   update = layout.stored(jnp.where(keep, plan.scale * out.direction, 0.0))
-  new_m = layout.stored(lax.cond(jnp.all(finite), lambda: out.momentum, lambda: m_old) if not grouped
-                        else jnp.where(keep, out.momentum, m_old))
+  # The select runs in the parameter's own shape, so that XLA writes the donated
+  # momentum in place (through a reshape it copied the whole matrix).
+  keep_m = jnp.reshape(finite, finite.shape + (1,) * (momentum.ndim - finite.ndim))
+  new_m = jnp.where(keep_m, layout.stored(out.momentum).reshape(momentum.shape),
+                    momentum.astype(cdt))
   new_q = layout.qside(jnp.where(keep, out.q, q_old))
   return (update.reshape(grad.shape),
-          new_m.reshape(momentum.shape).astype(momentum.dtype),
+          new_m.astype(momentum.dtype),
           new_q.reshape(q.shape).astype(q.dtype), finite)
 
 
