@@ -58,6 +58,7 @@ import itertools
 import logging
 import math
 import pathlib
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -155,8 +156,8 @@ class Grid:
     return cls(tuple(seeds), (Axis(tuple(cols), tuple(zip(*cols.values()))),))
 
   def __mul__(self, other: "Grid") -> "Grid":
-    seeds = self.seeds if other.seeds == (0,) else other.seeds
-    return Grid(seeds, self.axes + other.axes)
+    """Product of the axes of both; the seeds of ``other``."""
+    return Grid(other.seeds, self.axes + other.axes)
 
   @property
   def keys(self) -> tuple[str, ...]:
@@ -202,6 +203,19 @@ class Grid:
 
   def save(self, path: str | pathlib.Path, base: Mapping[str, Any] | None = None) -> pathlib.Path:
     return files.save_json(path, self.to_dict(base))
+
+
+def grid_from(request: Any, *, default_seeds: Iterable[int] = (0,), outer: Grid | None = None) -> Grid:
+  """The grid of a command line's `paperlab.config.SweepRequest` (``run.sweep``).
+
+  Seeds default to ``default_seeds``; ``outer`` axes (a script's own
+  methods, say) come first.
+  """
+  seeds = tuple(default_seeds) if request is None or request.seeds is None else request.seeds
+  values = dict(request.numeric) if request is not None else {}
+  zipped = request is not None and request.zipped
+  grid = Grid.zipped(seeds, **values) if zipped else Grid.product(seeds, **values)
+  return Grid(seeds, (outer.axes if outer else ()) + grid.axes)
 
 
 def groups(static: Mapping[str, Sequence[Any]]) -> list[dict[str, Any]]:
@@ -515,6 +529,32 @@ class Sweep:
 
   def table(self, points: Sequence[Mapping[str, Any]]) -> str:
     return table(points, self.grid.keys)
+
+  def report(self, directory: str | pathlib.Path, final: Mapping[str, Any], *, failed: Mapping[str, int] | None = None,
+             plot_metrics: Sequence[str] = (), title: str = "") -> dict[str, Any]:
+    """Results of a sweep: member rows, per-point aggregates, the table, and plots.
+
+    Writes ``sweep_<metric>_vs_<key>.png`` in ``directory`` for each metric of
+    ``plot_metrics`` and each swept key, logs the table and returns
+    ``{"members", "points", "table"}`` for ``results.json``.
+    """
+    return report(self.members, self.grid.keys, directory, final, failed=failed,
+                  plot_metrics=plot_metrics, title=title)
+
+
+def report(members: Sequence[Member], keys: Sequence[str], directory: str | pathlib.Path,
+           final: Mapping[str, Any], *, failed: Mapping[str, int] | None = None,
+           plot_metrics: Sequence[str] = (), title: str = "") -> dict[str, Any]:
+  """See `Sweep.report`."""
+  from paperlab import plots  # pylint: disable=g-import-not-at-top
+  points = aggregate(members, final, failed)
+  text = table(points, keys)
+  log.info("Sweep: mean +- std over seeds per point\n%s", text)
+  for metric in plot_metrics:
+    for key in keys:
+      plots.sweep_plot(points, key, metric, pathlib.Path(directory) / re.sub(r"[^A-Za-z0-9_.-]+", "_", f"sweep_{metric}_vs_{key}.png"),
+                       title=title)
+  return {"members": member_results(members, final, failed), "points": points, "table": text.splitlines()}
 
 
 def aggregate(members: Sequence[Member], final: Mapping[str, Any],
