@@ -16,8 +16,11 @@ leading axis of one stacked train state:
   stacked state is built directly in its sharding (``jax.jit`` with
   ``out_shardings``). With ``chunk_size=1`` each member runs the unbatched
   program, so it equals a single run bit for bit.
-* A member whose metrics or state become NaN or infinite is frozen at its
-  last finite state (masked) and reported with its step; the others go on.
+* A member whose metrics or state become NaN or infinite is frozen (masked)
+  at its state from the start of that chunk of steps (the last one checked
+  finite) and reported with the first step whose metrics were non-finite
+  (the chunk's last step if only the state was); the others go on. Checking
+  once per chunk, not per step, keeps the check's cost out of the steps.
 * `Sweep.train` runs through `paperlab.loop` (checkpoint and bitwise resume
   of the whole stacked state, the NaN guard over the aggregate metrics);
   `Sweep.report` writes one row per member plus mean, std, n and a 95%
@@ -408,20 +411,22 @@ class Sweep:
     return self._init_jit(self.hp)
 
   def _chunk_member(self, stacked, hp, start, data, n):
-    def body(carry, t):
-      state, alive, failed = carry
-      new, metrics = self.step_fn(state, hp, t, data)
-      if not self.freeze:
-        return (new, alive, failed), metrics
-      ok = alive & all_finite(new, metrics)
-      state = jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, state)
-      failed = jnp.where(alive & ~ok, t, failed)
-      metrics = jax.tree.map(lambda m: jnp.where(ok, m, jnp.nan), metrics)
-      return (state, ok, failed), metrics
-    carry = (stacked[STATE], stacked[ALIVE], stacked[FAILED])
-    (state, alive, failed), ms = jax.lax.scan(body, carry, start + jnp.arange(n, dtype=jnp.int32))
+    """``n`` steps of one member, then the freeze: a member whose state or any step's metrics
+    are non-finite keeps its state from the start of the chunk (its last checked finite one)."""
+    steps = start + jnp.arange(n, dtype=jnp.int32)
+    new, ms = jax.lax.scan(lambda s, t: self.step_fn(s, hp, t, data), stacked[STATE], steps)
     metrics = jax.tree.map(lambda m: jnp.mean(m, axis=0), ms)
-    return {STATE: state, ALIVE: alive, FAILED: failed}, metrics
+    if not self.freeze:
+      return {**stacked, STATE: new}, metrics
+    alive = stacked[ALIVE]
+    bad_steps = ~jnp.stack([jnp.all(jnp.isfinite(m), axis=tuple(range(1, m.ndim)))
+                            for m in _float_leaves(ms)] or [jnp.zeros(n, bool)]).all(axis=0)
+    ok = alive & ~bad_steps.any() & all_finite(new)
+    first_bad = jnp.where(bad_steps.any(), steps[jnp.argmax(bad_steps)], steps[-1])
+    state = jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, stacked[STATE])
+    failed = jnp.where(alive & ~ok, first_bad, stacked[FAILED])
+    metrics = jax.tree.map(lambda m: jnp.where(alive, m, jnp.nan), metrics)
+    return {STATE: state, ALIVE: ok, FAILED: failed}, metrics
 
   def run(self, stacked: Any, start: int, n: int) -> tuple[Any, dict[str, jax.Array]]:
     """Runs steps ``start .. start+n-1`` of every member.
