@@ -18,8 +18,9 @@ leading axis of one stacked train state:
   program, so it equals a single run bit for bit.
 * A member whose metrics or state become NaN or infinite is frozen (masked)
   at its state from the start of that chunk of steps (the last one checked
-  finite) and reported with the first step whose metrics were non-finite
-  (the chunk's last step if only the state was); the others go on. Checking
+  finite) and reported as non-finite "after step N": the first step whose
+  metrics were non-finite (the chunk's last step if only the state was);
+  the others go on. Checking
   once per chunk, not per step, keeps the check's cost out of the steps.
 * `Sweep.train` runs through `paperlab.loop` (checkpoint and bitwise resume
   of the whole stacked state, the NaN guard over the aggregate metrics);
@@ -327,6 +328,64 @@ def default_chunk_size(member_bytes: int, members_per_device: int, backend: str 
   return int(max(1, min(size, members_per_device)))
 
 
+def member_map(fn: Callable, mesh: jax.sharding.Mesh, chunk_size: int, n_member: int) -> Callable:
+  """``fn`` of one member lifted to the member axis: `jax.shard_map` over the ``sweep``
+  axis of ``mesh``, a `jax.lax.map` over chunks of ``chunk_size`` members on each
+  device, `jax.vmap` within a chunk (``chunk_size=1``: the unbatched ``fn``).
+
+  The first ``n_member`` arguments carry the member axis (a multiple of
+  ``chunk_size`` times the devices); the others are shared (replicated).
+  """
+  c = chunk_size
+
+  def local(*args):
+    member, shared = args[:n_member], args[n_member:]
+    if c == 1:
+      return jax.lax.map(lambda m: fn(*m, *shared), member)
+    chunks = jax.tree.map(lambda x: x.reshape((-1, c) + x.shape[1:]), member)
+    out = jax.lax.map(lambda m: jax.vmap(lambda *a: fn(*a, *shared))(*m), chunks)
+    return jax.tree.map(lambda x: x.reshape((-1,) + x.shape[2:]), out)
+
+  spec = PartitionSpec(mesh_lib.SWEEP)
+
+  def wrapped(*args):
+    in_specs = (spec,) * n_member + (PartitionSpec(),) * (len(args) - n_member)
+    return jax.shard_map(local, mesh=mesh, in_specs=in_specs, out_specs=spec, check_vma=False)(*args)
+  return wrapped
+
+
+def _sweep_mesh(devices: Sequence[jax.Device] | int | None) -> jax.sharding.Mesh:
+  if isinstance(devices, int):
+    devices = jax.devices()[:devices]
+  devices = list(jax.devices() if devices is None else devices)
+  return mesh_lib.make_mesh({mesh_lib.SWEEP: len(devices)}, devices)
+
+
+def _padded(arrays: Mapping[str, np.ndarray], size: int) -> dict[str, np.ndarray]:
+  """Pads every member array to ``size`` by repeating the last member (dropped on the host)."""
+  return {k: np.concatenate([v, np.repeat(v[-1:], size - len(v))]) for k, v in arrays.items()}
+
+
+def evaluate(fn: Callable[[Mapping[str, jax.Array]], Any], grid: Grid, *, shared: Any = None,
+             chunk_size: int | None = None, devices: Sequence[jax.Device] | int | None = None) -> Any:
+  """``fn(hp)`` (or ``fn(hp, shared)``) of every member of ``grid``: one jitted, chunked, sharded call.
+
+  For per-point computations that are not training runs (a spectral radius,
+  steps to converge). Returns the outputs with a leading member axis
+  (``len(grid)``, in member order). ``chunk_size`` defaults to every member
+  of a device, at most 256.
+  """
+  mesh = _sweep_mesh(devices)
+  n_dev = mesh.devices.size
+  per_device = -(-len(grid) // n_dev)
+  c = int(chunk_size or min(per_device, 256))
+  padded = -(-len(grid) // (c * n_dev)) * c * n_dev
+  hp = jax.device_put(_padded(grid.arrays(), padded), NamedSharding(mesh, PartitionSpec(mesh_lib.SWEEP)))
+  call = (lambda h: fn(h)) if shared is None else (lambda h, d: fn(h, d))
+  out = jax.jit(member_map(call, mesh, c, 1))(hp, *(() if shared is None else (shared,)))
+  return jax.tree.map(lambda x: x[:len(grid)], out)
+
+
 class Sweep:
   """Trains every member of a `Grid` as one jitted, sharded program.
 
@@ -351,10 +410,8 @@ class Sweep:
     if chunk_size is not None and chunk_size < 1:
       raise ValueError(f"chunk_size must be >= 1, got {chunk_size}.")
     self.grid, self.init_fn, self.step_fn, self.data, self.freeze = grid, init_fn, step_fn, data, freeze
-    if isinstance(devices, int):
-      devices = jax.devices()[:devices]
-    devices = list(jax.devices() if devices is None else devices)
-    self.mesh = mesh_lib.make_mesh({mesh_lib.SWEEP: len(devices)}, devices)
+    self.mesh = _sweep_mesh(devices)
+    devices = list(self.mesh.devices.flat)
     self.members = grid.members()
     self.num_members = len(self.members)
     per_device = -(-self.num_members // len(devices))
@@ -365,38 +422,14 @@ class Sweep:
     block = self.chunk_size * len(devices)
     self.padded = -(-self.num_members // block) * block
     self.sharding = NamedSharding(self.mesh, PartitionSpec(mesh_lib.SWEEP))
-    arrays = grid.arrays()
-    pad = self.padded - self.num_members  # padding repeats the last member; dropped on the host
-    self.hp = jax.device_put({k: np.concatenate([v, np.repeat(v[-1:], pad)]) for k, v in arrays.items()},
-                             self.sharding)
+    self.hp = jax.device_put(_padded(grid.arrays(), self.padded), self.sharding)
     self._run_jit: dict[int, Callable] = {}
     self._init_jit = None
 
   # -- per-member programs, chunked and sharded
 
-  def _map(self, fn: Callable, n_out_member: int) -> Callable:
-    """``fn(*member_args, *shared) -> outs`` over the member axis: shard_map, lax.map, vmap.
-
-    The first ``n_out_member`` inputs carry the member axis; the remaining
-    are shared (replicated) and closed over the chunks.
-    """
-    c = self.chunk_size
-
-    def local(*args):
-      member, shared = args[:n_out_member], args[n_out_member:]
-      if c == 1:
-        return jax.lax.map(lambda m: fn(*m, *shared), member)
-      chunks = jax.tree.map(lambda x: x.reshape((-1, c) + x.shape[1:]), member)
-      out = jax.lax.map(lambda m: jax.vmap(lambda *a: fn(*a, *shared))(*m), chunks)
-      return jax.tree.map(lambda x: x.reshape((-1,) + x.shape[2:]), out)
-
-    spec = PartitionSpec(mesh_lib.SWEEP)
-    def wrapped(*args):
-      in_specs = tuple(spec for _ in range(n_out_member)) + tuple(
-          PartitionSpec() for _ in range(len(args) - n_out_member))
-      return jax.shard_map(local, mesh=self.mesh, in_specs=in_specs, out_specs=spec,
-                           check_vma=False)(*args)
-    return wrapped
+  def _map(self, fn: Callable, n_member: int) -> Callable:
+    return member_map(fn, self.mesh, self.chunk_size, n_member)
 
   def _init_member(self, hp):
     state = self.init_fn(jax.random.key(hp[SEED]), hp)
@@ -420,9 +453,9 @@ class Sweep:
       return {**stacked, STATE: new}, metrics
     alive = stacked[ALIVE]
     bad_steps = ~jnp.stack([jnp.all(jnp.isfinite(m), axis=tuple(range(1, m.ndim)))
-                            for m in _float_leaves(ms)] or [jnp.zeros(n, bool)]).all(axis=0)
+                            for m in _float_leaves(ms)] or [jnp.ones(n, bool)]).all(axis=0)
     ok = alive & ~bad_steps.any() & all_finite(new)
-    first_bad = jnp.where(bad_steps.any(), steps[jnp.argmax(bad_steps)], steps[-1])
+    first_bad = jnp.where(bad_steps.any(), steps[jnp.argmax(bad_steps)], steps[-1]) + 1
     state = jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, stacked[STATE])
     failed = jnp.where(alive & ~ok, first_bad, stacked[FAILED])
     metrics = jax.tree.map(lambda m: jnp.where(alive, m, jnp.nan), metrics)
@@ -491,7 +524,7 @@ class Sweep:
         if mid not in reported:
           reported.add(mid)
           member = self.members[int(mid[1:])]
-          log.warning("%s: member %s (%s) became non-finite at step %d; frozen there, the others go on.",
+          log.warning("%s: member %s (%s) became non-finite after step %d; frozen, the others go on.",
                       desc, mid, member.label(), step)
       return out
 

@@ -1,10 +1,11 @@
 """Mixture-of-Gaussians GAN for the complex-momentum experiments (helper module).
 
 Used by ``scripts/complex_momentum.py``; not a script of its own. Every run
-(optimizer x seed) is one slice of a stacked state, trained together under
-``jax.vmap``; the optimizers differ only in Adam's first-moment decay
+(optimizer x swept value x seed) is a member of one `paperlab.sweep.Sweep`;
+the optimizers differ only in Adam's first-moment decay
 ``beta1 = magnitude * exp(i angle)`` (complex Adam with angle 0 is
-``optax.adam`` exactly), so they share one compiled program.
+``optax.adam`` exactly), injected per member, so they share one compiled
+program.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from paperlab import sweep
 from optim import games
 from optim import complex_adam
 
@@ -79,111 +81,120 @@ def score(gen, key: jax.Array, num_samples: int, min_fraction: float):
   return jnp.sum(counts >= min_fraction * num_samples), jnp.mean(hq)
 
 
+SWEEP_KEYS = ("gan_lr_g", "gan_lr_d", "gan_b2")  # numeric fields --sweep may vary per member
+
+
 class GanSetup:
-  """Builds the stacked state and the jitted n-step function of all runs."""
+  """The GAN members of a `paperlab.sweep.Sweep`: init and step of one member.
+
+  Members are the optimizers (``magnitude`` and ``angle`` of beta1, zipped)
+  x any swept ``gan_lr_g`` / ``gan_lr_d`` / ``gan_b2`` x seeds. Both players
+  use complex Adam through `optax.inject_hyperparams`; each member's values
+  sit in its optimizer states.
+  """
 
   def __init__(self, *, z_dim: int, hidden: int, batch_size: int, lr_g: float,
-               lr_d: float, b2: float, magnitudes: Sequence[float],
-               angles: Sequence[float], seeds: Sequence[int]):
+               lr_d: float, b2: float):
     self.z_dim, self.hidden, self.batch_size = z_dim, hidden, batch_size
-    self.lr_g, self.lr_d, self.b2 = lr_g, lr_d, b2
-    grid = [(m, a, s) for m, a in zip(magnitudes, angles) for s in seeds]
-    self.magnitude = jnp.array([g[0] for g in grid], jnp.float32)
-    self.angle = jnp.array([g[1] for g in grid], jnp.float32)
-    self.seed = jnp.array([g[2] for g in grid], jnp.int32)
-    self.num_methods, self.num_seeds = len(magnitudes), len(seeds)
+    self.defaults = {"gan_lr_g": lr_g, "gan_lr_d": lr_d, "gan_b2": b2}
+    self.txs = tuple(sweep.injectable(complex_adam, learning_rate=lr, b1_magnitude=0.0, b1_angle=0.0, b2=b2)
+                     for lr in (lr_g, lr_d))
 
-  def _txs(self, magnitude, angle):
-    return (complex_adam(self.lr_g, magnitude, angle, self.b2),
-            complex_adam(self.lr_d, magnitude, angle, self.b2))
+  def _hp(self, hp, name):
+    return hp.get(name, self.defaults[name])
 
-  def _init_one(self, magnitude, angle, seed):
-    k_gen, k_disc = jax.random.split(jax.random.key(seed))
+  def init(self, key, hp):
+    k_gen, k_disc = jax.random.split(key)
     h = self.hidden
     players = (mlp_init(k_gen, [self.z_dim, h, h, 2]), mlp_init(k_disc, [2, h, h, 1]))
-    return games.init_play(GAME, self._txs(magnitude, angle), players)
+    state = games.init_play(GAME, self.txs, players)
+    opt_states = tuple(
+        sweep.set_hyperparams(s, learning_rate=self._hp(hp, lr), b1_magnitude=hp["magnitude"],
+                              b1_angle=hp["angle"], b2=self._hp(hp, "gan_b2"))
+        for s, lr in zip(state.opt_states, ("gan_lr_g", "gan_lr_d")))
+    return state._replace(opt_states=opt_states)
 
-  def init(self):
-    return jax.vmap(self._init_one)(self.magnitude, self.angle, self.seed)
-
-  def _run_one(self, state, magnitude, angle, seed, start, n):
+  def step(self, state, hp, t, data):
+    del data
     # The discriminator moves first, then the generator sees the new one.
-    step = games.make_step(GAME, self._txs(magnitude, angle), "alternating",
-                           order=(1, 0))
-    data_key = jax.random.fold_in(jax.random.key(seed), 1)
+    step = games.make_step(GAME, self.txs, "alternating", order=(1, 0))
+    k_real, k_z = jax.random.split(jax.random.fold_in(jax.random.fold_in(jax.random.key(hp["seed"]), 1), t))
+    batch = (real_batch(k_real, self.batch_size), jax.random.normal(k_z, (self.batch_size, self.z_dim)))
+    return step(state, batch), {}
 
-    def body(s, t):
-      k_real, k_z = jax.random.split(jax.random.fold_in(data_key, t))
-      batch = (real_batch(k_real, self.batch_size),
-               jax.random.normal(k_z, (self.batch_size, self.z_dim)))
-      return step(s, batch), None
 
-    return jax.lax.scan(body, state, start + jnp.arange(n))[0]
-
-  def steps(self, state, start: int, n: int):
-    fn = jax.vmap(self._run_one, (0, 0, 0, 0, None, None))
-    return fn(state, self.magnitude, self.angle, self.seed, start, n)
-
-  def scores(self, state, num_samples: int, min_fraction: float):
-    """``(modes, hq)``, each ``[num_methods, num_seeds]``."""
-    key = jax.random.key(12345)
-    modes, hq = jax.vmap(lambda g: score(g, key, num_samples, min_fraction))(
-        state.players[0])
-    shape = (self.num_methods, self.num_seeds)
-    return modes.reshape(shape), hq.reshape(shape)
+def gan_grid(cfg, methods: dict[str, tuple[float, float]], request=None) -> sweep.Grid:
+  """Optimizers (zipped beta1 magnitude and angle) x swept fields x seeds."""
+  outer = sweep.Grid.zipped(magnitude=[m for m, _ in methods.values()], angle=[a for _, a in methods.values()])
+  return sweep.grid_from(request, default_seeds=[cfg.seed * 1000 + s for s in range(cfg.gan_seeds)],
+                         outer=outer)
 
 
 def gan_experiment(cfg, run, methods: dict[str, tuple[float, float]], progress=None) -> dict:
-  """Trains every (optimizer, seed) GAN of ``methods`` together; scores every ``gan_eval_every``.
+  """Trains every (optimizer, swept value, seed) GAN as one sweep; scores every ``gan_eval_every``.
 
-  A NaN or inf in any member's parameters, optimizer state or scores stops the
-  run (`paperlab.loop`'s guard) and keeps the last good checkpoint.
+  A member whose parameters, optimizer state or scores become NaN or inf is
+  frozen and reported; the run stops (keeping the last good checkpoint) only
+  when every member has failed.
   """
-  from paperlab import loop, plots  # pylint: disable=g-import-not-at-top
+  from paperlab import plots  # pylint: disable=g-import-not-at-top
   setup = GanSetup(z_dim=cfg.gan_z_dim, hidden=cfg.gan_hidden, batch_size=cfg.gan_batch,
-                   lr_g=cfg.gan_lr_g, lr_d=cfg.gan_lr_d, b2=cfg.gan_b2,
-                   magnitudes=[m for m, _ in methods.values()], angles=[a for _, a in methods.values()],
-                   seeds=[cfg.seed * 1000 + s for s in range(cfg.gan_seeds)])
-  steps_jit = jax.jit(setup.steps, static_argnums=2)
-  scores_jit = jax.jit(lambda s: setup.scores(s, cfg.gan_samples, cfg.gan_min_fraction))
+                   lr_g=cfg.gan_lr_g, lr_d=cfg.gan_lr_d, b2=cfg.gan_b2)
+  grid = gan_grid(cfg, methods, getattr(run, "sweep", None))
+  engine = sweep.Sweep(grid, setup.init, setup.step)
+  key = jax.random.key(12345)
 
-  def step_fn(state, step, n):
-    return steps_jit(state, jnp.int32(step), n), {}
+  def eval_fn(state, hp):
+    del hp
+    modes, hq = score(state.players[0], key, cfg.gan_samples, cfg.gan_min_fraction)
+    return {"modes": modes.astype(jnp.float32), "hq": hq}
 
-  def eval_fn(state, step):
-    modes, hq = (np.asarray(x) for x in scores_jit(state))
-    out = {}
-    for j, name in enumerate(methods):
-      out[f"modes/{name}"] = float(modes[j].mean())
-      out[f"hq/{name}"] = float(hq[j].mean())
-    return out
-
-  state, history = loop.train(setup.init(), step_fn=step_fn, num_steps=cfg.gan_steps,
-                              workdir=run.path("gan"), log_every=cfg.gan_eval_every,
-                              checkpoint_every=cfg.gan_eval_every,
-                              eval_fn=eval_fn, eval_every=cfg.gan_eval_every, desc="8-Gaussian GAN",
-                              progress=progress)
-  modes, hq = (np.asarray(x) for x in scores_jit(state))
-  for key, label in (("modes", "modes covered (of 8)"), ("hq", "high-quality fraction")):
-    series = {name: ([r["step"] for r in history if f"{key}/{name}" in r],
-                     [r[f"{key}/{name}"] for r in history if f"{key}/{name}" in r]) for name in methods}
-    plots.line_plot(series, run.path(f"gan_{key}.png"), xlabel="step", ylabel=label,
-                    title=f"8-Gaussian GAN, mean over {cfg.gan_seeds} seeds")
-  _plot_gan_samples(cfg, setup, state, list(methods), run.path("gan_samples.png"))
-  return {"methods": {name: {"beta1": list(methods[name]), "modes": modes[j].tolist(),
-                             "hq": hq[j].round(4).tolist(), "mean_modes": float(modes[j].mean()),
-                             "mean_hq": float(hq[j].mean())} for j, name in enumerate(methods)},
+  state, final, history = engine.train(
+      run.path("gan"), num_steps=cfg.gan_steps, log_every=cfg.gan_eval_every,
+      checkpoint_every=cfg.gan_eval_every, eval_fn=eval_fn, eval_every=cfg.gan_eval_every,
+      desc="8-Gaussian GAN", progress=progress, base_config=config_dict(cfg))
+  failed = engine.failures(state)
+  per_method = len(engine.members) // len(methods)  # the optimizers are the outer axis
+  method_of = [list(methods)[m.index // per_method] for m in engine.members]
+  report = engine.report(run.path("gan"), {k: final[k] for k in ("modes", "hq")}, failed=failed,
+                         plot_metrics=("modes",), title="8-Gaussian GAN")
+  for key_, label in (("modes", "modes covered (of 8)"), ("hq", "high-quality fraction")):
+    series = {}
+    for name in methods:
+      idx = [m.id for m, meth in zip(engine.members, method_of) if meth == name]
+      rows = [r for r in history if key_ in r and f"{key_}/{idx[0]}" in r]
+      series[name] = ([r["step"] for r in rows],
+                      [float(np.nanmean([r[f"{key_}/{i}"] if r[f"{key_}/{i}"] is not None else np.nan
+                                         for i in idx])) for r in rows])
+    plots.line_plot(series, run.path(f"gan_{key_}.png"), xlabel="step", ylabel=label,
+                    title=f"8-Gaussian GAN, mean over {len(grid.seeds)} seeds")
+  _plot_gan_samples(cfg, engine, state, methods, method_of, run.path("gan_samples.png"))
+  out = {}
+  for name in methods:
+    idx = [m.index for m, meth in zip(engine.members, method_of) if meth == name and m.id not in failed]
+    modes, hq = final["modes"][idx], final["hq"][idx]
+    out[name] = {"beta1": list(methods[name]), "modes": modes.tolist(), "hq": np.round(hq, 4).tolist(),
+                 "mean_modes": float(np.mean(modes)) if idx else float("nan"),
+                 "mean_hq": float(np.mean(hq)) if idx else float("nan")}
+  return {"methods": out, "sweep": report, "failed": failed,
           "history": [{k: v for k, v in r.items() if k != "chunk_s"} for r in history]}  # no timing
 
 
-def _plot_gan_samples(cfg, setup, state, names, path):
-  """Samples of the first seed of each optimizer over the real data."""
+def config_dict(cfg) -> dict:
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(cfg).items()}
+
+
+def _plot_gan_samples(cfg, engine, state, methods, method_of, path):
+  """Samples of the first member of each optimizer over the real data."""
   z = jax.random.normal(jax.random.key(7), (1000, cfg.gan_z_dim))
   real = np.asarray(real_batch(jax.random.key(8), 1000))
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  names = list(methods)
   fig, axes = plt.subplots(1, len(names), figsize=(3.4 * len(names), 3.4), squeeze=False)
   for j, name in enumerate(names):
-    gen = jax.tree.map(lambda x, j=j: x[j * setup.num_seeds], state.players[0])
+    first = method_of.index(name)
+    gen = jax.tree.map(lambda x, i=first: x[i], state["state"].players[0])
     fake = np.asarray(mlp(gen, z))
     ax = axes[0, j]
     ax.scatter(real[:, 0], real[:, 1], s=2, c="lightgray")
