@@ -461,8 +461,11 @@ class Sweep:
     metrics = jax.tree.map(lambda m: jnp.where(alive, m, jnp.nan), metrics)
     return {STATE: state, ALIVE: ok, FAILED: failed}, metrics
 
-  def run(self, stacked: Any, start: int, n: int) -> tuple[Any, dict[str, jax.Array]]:
+  def run(self, stacked: Any, start: int, n: int, data: Any = None) -> tuple[Any, dict[str, jax.Array]]:
     """Runs steps ``start .. start+n-1`` of every member.
+
+    ``data`` (default: the engine's ``data``) is what ``step_fn`` receives,
+    e.g. this chunk's batches made on the host.
 
     Returns:
       ``(stacked, metrics)``: metrics ``[padded members]`` per name, the mean
@@ -471,7 +474,7 @@ class Sweep:
     if n not in self._run_jit:
       fn = self._map(lambda s, h, t0, d: self._chunk_member(s, h, t0, d, n), 2)
       self._run_jit[n] = jax.jit(fn)  # no donation: the loop keeps the committed state
-    return self._run_jit[n](stacked, self.hp, jnp.int32(start), self.data)
+    return self._run_jit[n](stacked, self.hp, jnp.int32(start), self.data if data is None else data)
 
   def apply(self, fn: Callable[[Any, Mapping[str, jax.Array]], Any], stacked: Any) -> Any:
     """``fn(state, hp)`` of every member (e.g. an evaluation), chunked and sharded."""
@@ -491,13 +494,17 @@ class Sweep:
   def train(self, workdir: str | pathlib.Path, *, num_steps: int, log_every: int,
             checkpoint_every: int | None = None, eval_fn: Callable | None = None,
             eval_every: int | None = None, desc: str = "sweep", progress=None,
-            progress_weight: float = 1.0, base_config: Mapping[str, Any] | None = None):
+            progress_weight: float = 1.0, base_config: Mapping[str, Any] | None = None,
+            data_fn: Callable[[int, int], Any] | None = None):
     """Trains every member through `paperlab.loop.train` (checkpoints, resume, NaN guard).
 
     Metrics records hold each member's value as ``name/<id>`` and the mean
     over live members as ``name``; ``members.jsonl`` has one row per member
     and record with its id and hyperparameters. The aggregate metrics must
-    stay finite (all members frozen stops the run).
+    stay finite (all members frozen stops the run). ``eval_fn(state, hp)``
+    gives one member's evaluation metrics; ``data_fn(step, n)``, when given,
+    makes each chunk's ``data`` on the host (batches as a function of the
+    step keep resumed runs exact).
 
     Returns:
       ``(stacked state, per-member final metrics {name: [members]}, history)``.
@@ -529,7 +536,7 @@ class Sweep:
       return out
 
     def step_fn(stacked, step, n):
-      stacked, metrics = self.run(stacked, step, n)
+      stacked, metrics = self.run(stacked, step, n, None if data_fn is None else data_fn(step, n))
       return stacked, record(stacked, metrics)
 
     def eval_wrapped(stacked, step):
