@@ -253,10 +253,13 @@ class SweepOptions:
     static: config fields the script groups: each value is its own static
       group (compiled once), e.g. a rank or a batch size.
     seeds: whether ``--seeds`` is supported.
+    check: ``(config, request) -> None``, the script's own checks of a sweep
+      (raise `ConfigError`), run before the run directory is made.
   """
   numeric: tuple[str, ...] = ()
   static: tuple[str, ...] = ()
   seeds: bool = True
+  check: Callable[[Any, "SweepRequest"], None] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -413,7 +416,8 @@ def cli(config_cls: type[C], presets: Mapping[str, C], *, paper: str, descriptio
   checked against ``sweep`` (the script's `SweepOptions`) and the config at
   every value, and returned as ``run.sweep`` (a `SweepRequest`; saved as
   ``sweep_request.json``: a rerun with other members is refused like a
-  different config).
+  different config). A config with a ``seeds`` field of its own keeps
+  ``--seeds`` for that field.
 
   Raises:
     SystemExit: ``--help`` (exit code 0).
@@ -428,7 +432,7 @@ def cli(config_cls: type[C], presets: Mapping[str, C], *, paper: str, descriptio
   else:
     distributed.require_single_process(f"scripts/{paper}.py", argv)
   default_preset = default_preset or next(iter(presets))
-  pre = _PreParser(add_help=False)
+  pre = _PreParser(add_help=False, allow_abbrev=False)  # --seed must not read as --seeds
   pre.add_argument("--preset", choices=list(presets), default=default_preset)
   pre.add_argument("--workdir", default=None)
   pre.add_argument("--fresh", action="store_true")
@@ -437,9 +441,12 @@ def cli(config_cls: type[C], presets: Mapping[str, C], *, paper: str, descriptio
   pre.add_argument("--debug", action="store_true")
   pre.add_argument("--sweep", action="append", default=[])
   pre.add_argument("--sweep-zip", action="store_true")
-  pre.add_argument("--seeds", nargs="*", default=None)
+  own_seeds = "seeds" in {f.name for f in dataclasses.fields(config_cls)}  # a config field of its own
+  if not own_seeds:
+    pre.add_argument("--seeds", nargs="*", default=None)
   known, rest = pre.parse_known_args(argv)
-  request = parse_sweep(config_cls, sweep, known.sweep, known.seeds, known.sweep_zip)
+  request = parse_sweep(config_cls, sweep, known.sweep, None if own_seeds else known.seeds,
+                        known.sweep_zip)
   header = (description.strip() + "\n\n" if description else "") + (
       "Run options (parsed before the config flags):\n"
       f"  --preset NAME   starting values, one of: {', '.join(presets)} (default {default_preset})\n"
@@ -461,6 +468,8 @@ def cli(config_cls: type[C], presets: Mapping[str, C], *, paper: str, descriptio
     os.environ["TFDS_DATA_DIR"] = str(pathlib.Path(known.data_dir).expanduser())
   validate(cfg)
   _validate_members(cfg, request)
+  if request and sweep is not None and sweep.check is not None:
+    sweep.check(cfg, request)
   try:
     run = prepare_run(cfg, paper=paper, preset=known.preset, workdir=known.workdir, fresh=known.fresh,
                       fork_from=known.fork_from)

@@ -365,11 +365,14 @@ def _units(cfg: Config, part: str) -> int:
           "fmnist": cfg.fmnist_classifier_steps + cfg.fmnist_steps}[part]
 
 
+def _check_sweep(cfg: Config, request) -> None:
+  del request
+  config.require("gan" in cfg.parts, "--seeds / --sweep apply to the GAN part; add gan to --parts.")
+
+
 def main(argv=None) -> dict:
   cfg, run = config.cli(Config, PRESETS, paper="complex_momentum", description=__doc__, argv=argv,
-                        sweep=config.SweepOptions(numeric=SWEEP_KEYS))
-  if run.sweep and "gan" not in cfg.parts:
-    raise config.ConfigError("--seeds / --sweep apply to the GAN part; add gan to --parts.")
+                        sweep=config.SweepOptions(numeric=SWEEP_KEYS, check=_check_sweep))
   fmnist_data = None
   if "fmnist" in cfg.parts:  # load (or fail) before any compute
     from complex_momentum_fmnist import load_fmnist  # pylint: disable=g-import-not-at-top

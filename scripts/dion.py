@@ -314,6 +314,12 @@ def arm_sweep_keys(arm: str, request) -> dict[str, tuple[float, ...]]:
           if SWEEP_KEYS[k] is None or kind in SWEEP_KEYS[k]}
 
 
+def _check_sweep(cfg: Config, request) -> None:
+  config.require(not cfg.mesh and jax.process_count() == 1,
+                 "--seeds / --sweep run on one process without --mesh (the members are the sharded "
+                 "axis); drop --mesh or the sweep flags.")
+
+
 def _train_arm_sweep(cfg: Config, arm: str, batch: int, steps: int, data, run, progress) -> dict:
   """One arm as a `paperlab.sweep.Sweep`: its swept values x seeds, best point reported.
 
@@ -456,10 +462,7 @@ def _sweep_steps(cfg: Config, batch: int) -> int:
 
 def main() -> None:
   cfg, run = config.cli(Config, PRESETS, paper="dion", description=__doc__, multiprocess=True,
-                        sweep=config.SweepOptions(numeric=tuple(SWEEP_KEYS)))
-  if run.sweep and (cfg.mesh or jax.process_count() > 1):
-    raise config.ConfigError("--seeds / --sweep run on one process without --mesh (the members are "
-                             "the sharded axis); drop --mesh or the sweep flags.")
+                        sweep=config.SweepOptions(numeric=tuple(SWEEP_KEYS), check=_check_sweep))
   threadpool_limits(1, user_api="blas")
   mesh = mesh_lib.make_mesh(cfg.mesh) if cfg.mesh else None
   data = _load(cfg)

@@ -68,6 +68,11 @@ def test_bad_sweep_flags_are_one_line_errors_before_anything(tmp_path, argv, mes
   assert not (tmp_path / "w").exists()
 
 
+def test_seed_is_not_an_abbreviation_of_seeds(tmp_path):
+  cfg, run = _cli(tmp_path, "--seed", "3")
+  assert cfg.seed == 3 and run.sweep.seeds is None
+
+
 def test_script_without_sweeps_refuses_the_flags(tmp_path):
   with pytest.raises(config.ConfigError, match="does not run sweeps"):
     _cli(tmp_path, "--seeds", "0:2", options=None)
