@@ -189,3 +189,12 @@ def test_default_chunk_size():
 def test_set_hyperparams_unknown_key():
   with pytest.raises(ValueError, match="no injected hyperparameter"):
     sweep.set_hyperparams(TX.init({"w": jnp.zeros(2)}), lr=1.0)
+
+
+def test_readme_sweeps_example_runs(tmp_path, capsys):
+  import pathlib  # pylint: disable=g-import-not-at-top
+  text = (pathlib.Path(__file__).resolve().parents[2] / "README.md").read_text()
+  block = text.split("On your own Optax chain (this runs as is):")[1].split("```python\n")[1].split("```")[0]
+  exec(compile(block.replace('"/tmp/my_sweep"', repr(str(tmp_path / "s"))), "README", "exec"), {})  # pylint: disable=exec-used
+  out = capsys.readouterr().out
+  assert "| 0.1 | 0 |" in out and "(n=4)" in out
