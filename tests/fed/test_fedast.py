@@ -94,7 +94,7 @@ def test_batched_and_job_by_job_simulations_give_the_same_trace():
   tasks = [_task(20, "a"), _task(20, "b", seed=1)]
   runs = []
   for batched in (True, False):
-    sim = fedast.Simulation(tasks, _cfg(batched=batched, max_time=20.0))
+    sim = fedast.Simulation(tasks, _cfg(executor="auto" if batched else "single", max_time=20.0))
     sim.run()
     runs.append(sim)
   assert runs[0].trace["deliveries"] == runs[1].trace["deliveries"]
@@ -176,8 +176,8 @@ def test_sync_rounds():
 
 
 def test_staleness_weight_and_validation():
-  assert fedast.staleness_weight(3, _cfg()) == 1.0
-  assert fedast.staleness_weight(3, _cfg(staleness="polynomial", staleness_exponent=0.5)) == pytest.approx(0.5)
+  assert fedast.staleness_weight(3) == 1.0
+  assert fedast.staleness_weight(3, "polynomial", 0.5) == pytest.approx(0.5)
   with pytest.raises(ValueError, match="method"):
     fedast.Simulation([_task(20)], _cfg(method="fedbuff"))
   with pytest.raises(ValueError, match="data for 20 clients"):
