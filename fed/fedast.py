@@ -171,7 +171,7 @@ class Simulation:
     metrics.check_finite(self.events, {f"accuracy {self.tasks[task].name}": acc})
     self.trace["eval"].append([self.clock, task, self.version[task], acc])
     if self.done_time[task] is None and acc >= self.tasks[task].target:
-      self.done_time[task] = self.clock
+      self.done_time[task] = float(self.clock)
       self._release(task)
 
   def _release(self, task: int) -> None:
