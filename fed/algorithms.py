@@ -121,7 +121,9 @@ class FedAlgorithm:
     stateful: keep each client's ``v_i`` across rounds.
     epochs: passes over the client's batches per phase.
     weighting: ``'examples'``, ``'batches'`` or ``'uniform'`` aggregation weights.
-    chunk_size: clients per `vmap` (None: all sampled clients of a device at once).
+    chunk_size: clients per `vmap` (None: the backend's fastest measured
+      setting, `fed.simulate.default_chunk_size`; pass ``clients_per_round``
+      for every sampled client of a device at once).
     mesh: shard the sampled-client axis over this mesh's ``'clients'`` axis.
     client_lr_schedule: ``round -> scale`` of the client updates (the
       reference code's per-round schedule); None: constant 1.
