@@ -1,4 +1,4 @@
-"""Seconds per FedAvg round of FedJAX 0.0.17 (run with FedJAX's own interpreter, not ours).
+"""CPU seconds per FedAvg round of FedJAX 0.0.17 (run with FedJAX's own interpreter, not ours).
 
 Called by `benchmarks/fed_round.py` as ``FEDJAX_PYTHON _fedjax_round.py SAMPLED REPEATS``;
 prints one JSON line ``{"fedjax": {sampled: [seconds, ...]}, "versions": ...}``. The workload
@@ -57,9 +57,9 @@ def main():
     run()
     times = []
     for _ in range(repeats):
-      t = time.perf_counter()
+      t = time.process_time()
       run()
-      times.append(time.perf_counter() - t)
+      times.append(time.process_time() - t)
     out[m] = times
   print(json.dumps({"fedjax": out, "versions": {"jax": jax.__version__, "fedjax": "0.0.17"}}))
 

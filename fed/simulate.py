@@ -223,6 +223,18 @@ def _pad_rows(tree, total: int):
   return jax.tree.map(pad, tree)
 
 
+_UNROLLED_SUM = 16  # chunks up to this size sum their clients in one elementwise expression
+
+
+def _add_weighted(w, acc, s):
+  """``acc + sum_j w[j] s[j]``. For a few clients one elementwise expression, which XLA fuses
+  with the clients' outputs (e.g. the deltas ``u - u_i``) instead of materialising them for a
+  dot (measured ~10% of a 784-256-10 FedAvg round on one CPU core)."""
+  if s.shape[0] <= _UNROLLED_SUM:
+    return acc + sum(w[j].astype(s.dtype) * s[j] for j in range(s.shape[0]))
+  return acc + jnp.tensordot(w.astype(s.dtype), s, axes=1)
+
+
 def map_clients(fn: Callable[[Any, Any], tuple[Any, Any]], broadcast: Any, clients: Any,
                 weights: jax.Array, *, chunk_size: int | None = None,
                 mesh: Mesh | None = None) -> tuple[Any, Any]:
@@ -266,7 +278,7 @@ def map_clients(fn: Callable[[Any, Any], tuple[Any, Any]], broadcast: Any, clien
     def body(acc, inputs):
       block, w = inputs
       summed, kept = jax.vmap(fn, in_axes=(None, 0))(broadcast, block)
-      acc = jax.tree.map(lambda a, s: a + jnp.tensordot(w.astype(s.dtype), s, axes=1), acc, summed)
+      acc = jax.tree.map(functools.partial(_add_weighted, w), acc, summed)
       return acc, kept
 
     acc, kept = jax.lax.scan(body, acc0, (chunks, weights.reshape(num_chunks, chunk)))
