@@ -247,9 +247,12 @@ class RunProgress:
   The run's work is ``total`` units (steps, rounds, simulated seconds...), the
   sum over every arm, cell and seed. Computed work is reported with `advance`,
   work found already done (a resumed checkpoint, a cached cell) with `skip`.
-  The ETA is ``remaining / rate`` with ``rate = computed units / wall time
-  since start``: it assumes the remaining units cost what the computed ones
-  did, start-up and evaluation included. Every ``log_every_s`` seconds a
+  The ETA is ``remaining / rate``. Until a second chunk of work is reported
+  the rate is ``computed units / wall time since start``; from then on it is
+  measured from the end of the first computed chunk, so the start-up and the
+  first compilation (often most of the first chunk's time) do not inflate the
+  ETA of the rest. It assumes the remaining units cost what the units computed
+  since then did, evaluation included. Every ``log_every_s`` seconds a
   background thread logs one line ``progress: <desc> <done>/<total> <unit>
   (<percent>), elapsed <t>, ETA <t>, phase <name>``, so no phase is silent for
   longer than that, even while a long jitted call holds the main thread.
@@ -276,6 +279,7 @@ class RunProgress:
     self.phase_name: str | None = None
     self._t0 = time.monotonic()
     self._last_log = self._t0
+    self._first: tuple[float, float] | None = None  # (time, computed units) after the first chunk
     interactive = sys.stderr.isatty()
     self._bar = tqdm(total=self.total, desc=desc, disable=_disabled(disable), dynamic_ncols=True,
                      mininterval=0.5 if interactive else 10.0, leave=True,
@@ -289,6 +293,8 @@ class RunProgress:
     """Counts ``units`` of computed work (they also set the rate of the ETA)."""
     self.done += units
     self.computed += units
+    if self._first is None and units > 0:
+      self._first = (time.monotonic(), self.computed)
     self._refresh(postfix)
 
   def skip(self, units: float) -> None:
@@ -306,6 +312,9 @@ class RunProgress:
       return 0.0
     if self.computed <= 0:
       return None
+    if self._first is not None and self.computed > self._first[1]:
+      t_first, units_first = self._first
+      return remaining * (time.monotonic() - t_first) / (self.computed - units_first)
     return remaining * self.elapsed() / self.computed
 
   def status(self) -> str:

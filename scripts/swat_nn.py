@@ -343,21 +343,25 @@ def _write_figures(cfg, run, history, rows, data, found, chosen_depth) -> None:
   plots.line_plot({"mean MSE": (steps, [r["heldout_loss"] for r in heldout]),
                    "median MSE": (steps, [r["heldout_loss_median"] for r in heldout]),
                    "mean MSE / (var + 1)": (steps, [r["heldout_loss_normalized"] for r in heldout])},
-                  run.path("ae_heldout_loss.png"), xlabel="autoencoder step", logy=True,
-                  ylabel="min-over-decoders loss", title="Functional loss on held-out random MLPs")
+                  run.path("ae_heldout_loss.png"), xlabel="autoencoder training step", logy=True,
+                  ylabel="min-over-decoders functional loss (MSE of outputs)",
+                  title=plots.run_title(run, "Functional loss on held-out random MLPs"))
   order = np.argsort([r["swat_test_mse"] for r in rows])
   picks = list(dict.fromkeys([int(i) for i in order[:3]] + [int(order[-1])]))  # 3 best fits, the worst
   nets = [jax.tree.map(lambda v, i=i: v[i], found[int(chosen_depth[i])]["nets"]) for i in picks]
-  figures.architectures(nets, [rows[i]["function"] for i in picks], run.path("architectures.png"))
-  figures.surfaces(nets, [data[i] for i in picks], run.path("surfaces.png"))
+  figures.architectures(nets, [rows[i]["function"] for i in picks], run.path("architectures.png"),
+                        title=plots.run_title(run, "Found architectures (3 best fits, the worst)"))
+  figures.surfaces(nets, [data[i] for i in picks], run.path("surfaces.png"),
+                   title=plots.run_title(run, "Targets and found models"))
   every = cfg.search_config().record_every
   series = {}
   for i in picks:
     y = np.asarray(found[int(chosen_depth[i])]["trace"]["mse"][i])
     series[f"{rows[i]['function']} (depth {rows[i]['depth']})"] = (np.arange(1, len(y) + 1) * every, y)
   plots.line_plot(series,
-                  run.path("search_mse.png"), xlabel="search step", ylabel="train MSE (soft model)",
-                  title="Latent search at the chosen depth", logy=True)
+                  run.path("search_mse.png"), xlabel="latent search step",
+                  ylabel="train MSE of the soft model (scaled targets)",
+                  title=plots.run_title(run, "Latent search at the chosen depth"), logy=True)
 
 
 if __name__ == "__main__":

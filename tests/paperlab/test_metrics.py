@@ -93,4 +93,16 @@ def test_run_progress_eta_skip_and_log_lines(caplog):
   for bad in (0, -1):
     with pytest.raises(ValueError, match="total"):
       metrics.RunProgress(bad)
+
+
+def test_run_progress_eta_leaves_out_the_first_chunk():
+  import time  # pylint: disable=g-import-not-at-top
+  with metrics.RunProgress(100, disable=True) as bar:
+    time.sleep(0.5)  # start-up and the first compilation
+    bar.advance(10)
+    first = bar.eta()
+    assert first is not None and first > 3.0  # 90 units at 10 per 0.5 s
+    time.sleep(0.05)
+    bar.advance(10)  # later chunks are fast: the ETA follows them
+    assert bar.eta() < 0.05 * 80 / 10 * 3, bar.eta()
   assert metrics.format_seconds(3725) == "1:02:05" and metrics.format_seconds(None) == "?"
