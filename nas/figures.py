@@ -55,8 +55,8 @@ def architectures(nets: Sequence[encoding.Net], titles: Sequence[str], path: str
   ``title`` is the figure's title (name the run: `paperlab.plots.run_title`).
   """
   fig, axes = plt.subplots(1, len(nets), figsize=(3.2 * len(nets), 3.6), squeeze=False)
-  for ax, net, title in zip(axes[0], nets, titles):
-    _draw(ax, net, title)
+  for ax, net, panel in zip(axes[0], nets, titles):
+    _draw(ax, net, panel)
   handles = [plt.Line2D([], [], marker="o", linestyle="", color=c, label=n) for n, c in COLORS.items()]
   handles += [plt.Line2D([], [], color="black", label="weight > 0 (width: |w|)"),
               plt.Line2D([], [], color="tab:red", label="weight < 0")]
@@ -92,6 +92,8 @@ def surfaces(nets: Sequence[encoding.Net], data: Sequence[fns.Dataset], path: st
       ax.set_xlabel("x1 (scaled to [-1, 1])", fontsize=8)
       ax.set_ylabel("x2 (scaled to [-1, 1])", fontsize=8)
       ax.tick_params(labelsize=7)
-    fig.colorbar(im, ax=axes[:, k], label="f(x1, x2) (scaled targets)", shrink=0.8)
+    cbar = fig.colorbar(im, ax=axes[:, k], shrink=0.8)
+    cbar.set_label("f(x1, x2) (scaled targets)", fontsize=8)
+    cbar.ax.tick_params(labelsize=7)
   fig.suptitle(title, fontsize=9)
   return plots.save(fig, path, tight=False)
