@@ -10,7 +10,8 @@ and the docs quote. Every table in it carries its provenance, recorded when
 it was measured: the command that reproduces it (``python benchmarks/run.py
 NAME``, or the benchmark's own ``command`` when it needs pinning flags), the
 machine (CPU model name and flags from ``/proc/cpuinfo``, or the GPU's name),
-the jax version and the date. ``results.json`` keeps the same facts per
+the jax version, the date and the load average when it started (the machine
+may be shared). ``results.json`` keeps the same facts per
 benchmark; ``--render`` rewrites ``results.md`` from it without measuring.
 
     python benchmarks/run.py                 # all
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import pathlib
 import sys
 import time
@@ -45,7 +47,8 @@ def provenance(name: str, result: dict) -> dict:
   """Command, machine, jax version and date of a result measured now in this process."""
   import jax  # pylint: disable=g-import-not-at-top
   return {"command": result.get("command") or f"python benchmarks/run.py {name}",
-          "machine": machine(), "jax": jax.__version__, "date": time.strftime("%Y-%m-%d")}
+          "machine": machine(), "jax": jax.__version__, "date": time.strftime("%Y-%m-%d"),
+          "load": round(os.getloadavg()[0], 1) if hasattr(os, "getloadavg") else None}
 
 
 def provenance_line(name: str, result: dict) -> str:
@@ -54,8 +57,9 @@ def provenance_line(name: str, result: dict) -> str:
   if not prov or any(not prov.get(k) for k in PROVENANCE_KEYS):
     return (f"Provenance: not recorded (measured before provenance was kept); rerun "
             f"`python benchmarks/run.py {name}` to measure it again with its command, machine and date.")
+  load = f"; 1-min load average {prov['load']} when it started" if prov.get("load") is not None else ""
   return (f"Provenance: `{prov['command']}` on {prov['machine']}; jax {prov['jax']}; "
-          f"{prov['date']}.")
+          f"{prov['date']}{load}.")
 
 
 def render(result: dict, name: str | None = None) -> str:
