@@ -58,8 +58,8 @@ def provenance_line(name: str, result: dict) -> str:
     return (f"Provenance: not recorded (measured before provenance was kept); rerun "
             f"`python benchmarks/run.py {name}` to measure it again with its command, machine and date.")
   load = f"; 1-min load average {prov['load']} when it started" if prov.get("load") is not None else ""
-  return (f"Provenance: `{prov['command']}` on {prov['machine']}; jax {prov['jax']}; "
-          f"{prov['date']}{load}.")
+  jax_part = "" if f"jax {prov['jax']}" in prov["machine"] else f"; jax {prov['jax']}"
+  return f"Provenance: `{prov['command']}` on {prov['machine']}{jax_part}; {prov['date']}{load}."
 
 
 def render(result: dict, name: str | None = None) -> str:
