@@ -28,7 +28,7 @@ from flax import nnx
 
 from ccl_jax import diagnostics, losses, train
 from ccl_jax.models import CCLAutoencoder, CCLCNN, CCLMLP
-from paperlab import config, data, loop, metrics, plots
+from paperlab import config, data, loop, metrics, plots, stats
 
 
 Model = Literal["mlp", "cnn", "cnn_pool", "ae"]
@@ -319,11 +319,14 @@ def main(argv=None) -> dict:
     results["mean_image_test_mse"] = float(np.mean((ds.x_test - mean_image) ** 2))
     headline.append({"metric": f"mean-image predictor test MSE, {ds.name}",
                      "value": results["mean_image_test_mse"], "note": "reference point"})
-  for method, s in summary.items():
-    headline.append({"metric": f"{method.upper()} test {metric}, {what}",
-                     "value": s[f"test_{metric}_final"],
-                     "note": f"{cfg.epochs} epochs, {len(cfg.seeds)} seed(s); "
-                             f"val-selected: {s[f'test_{metric}_selected']:.4f}"})
+  for method, rs in runs.items():
+    selected = stats.summarize([r["selected"] for r in rs])
+    final = stats.summarize([r["final"] for r in rs])
+    summary[method][f"test_{metric}_selected_ci95"] = [selected["ci95_low"], selected["ci95_high"]]
+    headline.append({"metric": f"{method.upper()} test {metric} (val-selected), {what}",
+                     "value": stats.spread(selected, 4),
+                     "note": f"{cfg.epochs} epochs; 95% CI [{selected['ci95_low']:.4f}, "
+                             f"{selected['ci95_high']:.4f}]; last epoch {stats.spread(final, 4)}"})
   results["plots"] = write_plots(cfg, ds, runs, run)
   timing = {"train_seconds": {m: [r["train_seconds"] for r in rs] for m, rs in runs.items()}}
   run.write_results(results, headline, timing=timing)
