@@ -8,8 +8,9 @@ paper's diagnostics (per-layer cosine between f_l and the transpose of its
 mirrored feedback map g_l, and CKA between a_l and c_l over training), and
 for the autoencoder a grid of reconstructions.
 
-    python scripts/ccl.py --preset quick                   # Fashion-MNIST MLP, 5 epochs
+    python scripts/ccl.py --preset quick                   # Fashion-MNIST MLP, 5 epochs, 3 seeds
     python scripts/ccl.py --preset quick --epochs 20 --workdir runs/ccl/fmnist20
+    python scripts/ccl.py --preset paper                   # 100 epochs, 3 seeds
     python scripts/ccl.py --preset ae                      # conv autoencoder, Fashion-MNIST
     python scripts/ccl.py --preset paper_cifar10_cnn       # needs a prepared TFDS cifar10
 """
@@ -104,8 +105,8 @@ class Config:
 _CNN = dict(model="cnn_pool", batch_size=128, bp_lr=0.03, scale_c=1.0, scale_ssl=0.5,
             warmup_steps=100, grad_centralization=True, cosine=True)
 PRESETS = {
-    "quick": Config(),
-    "paper": Config(epochs=100),
+    "quick": Config(seeds=(0, 1, 2)),
+    "paper": Config(epochs=100, seeds=(0, 1, 2)),
     "paper_mnist_mlp": Config(dataset="mnist", epochs=100),
     "paper_cifar10_mlp": Config(dataset="cifar10", hidden=(1024,) * 3, epochs=100),
     "paper_cifar100_mlp": Config(dataset="cifar100", hidden=(1024,) * 3, epochs=100),
