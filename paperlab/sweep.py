@@ -160,8 +160,8 @@ class Grid:
     return cls(tuple(seeds), (Axis(tuple(cols), tuple(zip(*cols.values()))),))
 
   def __mul__(self, other: "Grid") -> "Grid":
-    """Product of the axes of both; the seeds of ``other``."""
-    return Grid(other.seeds, self.axes + other.axes)
+    """Product of the axes of both (``self``'s outer); the seeds of ``self``."""
+    return Grid(self.seeds, self.axes + other.axes)
 
   @property
   def keys(self) -> tuple[str, ...]:
