@@ -167,10 +167,6 @@ def _spawn(which, python, extra_path, args, compile_official) -> dict:
 def run(shape=SHAPE, count=COUNT, steps=STEPS, rounds=ROUNDS, method=METHOD,
         compile_official=False) -> dict:
   """Side-by-side table (title, rows, notes); without the official code, ours only."""
-  try:
-    from benchmarks.common_timing import machine  # pylint: disable=import-outside-toplevel
-  except ImportError:
-    from common_timing import machine  # pylint: disable=import-outside-toplevel
   setup = official_setup()
   rows = []
   for label, fraction in FRACTIONS.items():
@@ -200,12 +196,11 @@ def run(shape=SHAPE, count=COUNT, steps=STEPS, rounds=ROUNDS, method=METHOD,
            "`optim.scale_by_dion` + apply; official = `DionReference` "
            f"({'torch.compile' if compile_official else 'eager'}, cqr_warmup_steps=0). Floor = "
            "8 p q r FLOPs per matrix at the GEMM rate ((4096 x 1024) @ (1024 x 256)) measured "
-           f"in the same process. Machine: {machine()} (shared with other jobs). Command: "
-           f"`DION_BENCH_COUNT={count} DION_BENCH_STEPS={steps} DION_BENCH_ROUNDS={rounds} "
-           "python benchmarks/run.py dion_official` (or `python benchmarks/dion_step.py "
-           "--official`)." + ("" if setup else " " + HOW_TO))
+           "in the same process." + ("" if setup else " " + HOW_TO))
+  command = (f"DION_BENCH_COUNT={count} DION_BENCH_STEPS={steps} DION_BENCH_ROUNDS={rounds} "
+             "DION_TORCH_PYTHON=... DION_OFFICIAL_PATH=... python benchmarks/run.py dion_official")
   return {"title": f"Dion step vs the official DionReference, {count} x {shape[0]}x{shape[1]}",
-          "rows": rows, "notes": notes}
+          "rows": rows, "notes": notes, "command": command}
 
 
 def main(argv=None) -> None:

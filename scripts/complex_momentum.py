@@ -22,13 +22,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Literal
 
 import jax
 import jax.numpy as jnp
 import matplotlib.pyplot as plt
 import numpy as np
 
-from paperlab import config, metrics, plots
+from paperlab import config, metrics, plots, stats, sweep
 from complex_momentum_gan import gan_experiment
 from optim import games
 from optim import complex_momentum
@@ -81,16 +82,23 @@ class Config:
   sweep_lrs: tuple[float, ...] = (0.003, 0.01, 0.03, 0.1, 0.3, 1.0)  # step sizes tried per method
   sweep_steps: int = 2000  # step budget of the sweep
   sweep_tol: float = 1e-6  # converged when |w_t| <= tol |w_0|
-  gan_seeds: int = 2  # seeds per optimizer (0 skips the GAN)
-  gan_steps: int = 3000
-  gan_batch: int = 128
-  gan_hidden: int = 64  # width of the two hidden layers of G and D
+  # GAN: the small-scale BigGAN recipe (hinge loss, spectral norm in D, lr 2e-4 for both
+  # players, several D steps per G step, EMA generator scored).
+  gan_seeds: int = 3  # seeds per optimizer, vmapped together (0 skips the GAN)
+  gan_steps: int = 12000  # generator steps
+  gan_batch: int = 64
+  gan_hidden: int = 32  # width of the two hidden layers of G and D
   gan_z_dim: int = 16
-  gan_lr_g: float = 2e-3
-  gan_lr_d: float = 2e-3
+  gan_lr_g: float = 2e-4
+  gan_lr_d: float = 2e-4
   gan_b2: float = 0.999
-  gan_complex_beta1: tuple[float, float] = (0.8, PI8)  # complex Adam (|beta1|, arg beta1)
-  gan_real_beta1: float = 0.8  # real-momentum Adam beta1
+  gan_loss: Literal["hinge", "nonsaturating"] = "hinge"
+  gan_sn_iters: int = 5  # power iterations of D's spectral norm (0: no spectral norm)
+  gan_d_steps: int = 2  # discriminator steps per generator step
+  gan_ema: float = 0.999  # decay of the scored generator EMA (0: score the raw generator)
+  gan_magnitude: float = 0.8  # |beta1| of the complex arms
+  gan_angles: tuple[float, ...] = (math.pi / 16, PI8, math.pi / 4)  # arg beta1 of the complex arms
+  gan_real_beta1: tuple[float, ...] = (0.0, 0.8)  # real-beta1 Adam arms (arg 0)
   gan_eval_every: int = 500
   gan_samples: int = 2500  # samples scored per run
   gan_min_fraction: float = 0.01  # a mode is covered with >= this fraction of HQ samples
@@ -129,8 +137,14 @@ class Config:
     req(min(self.gan_batch, self.gan_hidden, self.gan_z_dim) >= 1, "GAN sizes must be >= 1.")
     req(self.gan_lr_g > 0 and self.gan_lr_d > 0, "GAN learning rates must be > 0.")
     req(0 <= self.gan_b2 < 1, f"gan_b2 must be in [0, 1), got {self.gan_b2}.")
-    req(0 <= self.gan_complex_beta1[0] < 1 and 0 <= self.gan_real_beta1 < 1,
-        "GAN beta1 magnitudes must be in [0, 1).")
+    req(0 <= self.gan_magnitude < 1 and all(0 <= b < 1 for b in self.gan_real_beta1),
+        "GAN beta1 magnitudes (gan_magnitude, gan_real_beta1) must be in [0, 1).")
+    req(all(0 < a <= math.pi for a in self.gan_angles),
+        f"gan_angles must be in (0, pi] (arg 0 is a real arm), got {self.gan_angles}.")
+    req(len(self.gan_angles) + len(self.gan_real_beta1) >= 1, "the GAN needs at least one optimizer arm.")
+    req(self.gan_sn_iters >= 0, f"gan_sn_iters must be >= 0, got {self.gan_sn_iters}.")
+    req(self.gan_d_steps >= 1, f"gan_d_steps must be >= 1, got {self.gan_d_steps}.")
+    req(0 <= self.gan_ema < 1, f"gan_ema must be in [0, 1), got {self.gan_ema}.")
     req(0 < self.gan_min_fraction < 1, f"gan_min_fraction must be in (0, 1), got {self.gan_min_fraction}.")
     req(self.gan_samples >= 1, f"gan_samples must be >= 1, got {self.gan_samples}.")
     req(self.fmnist_samples >= 2, f"fmnist_samples must be >= 2 (a covariance), got {self.fmnist_samples}.")
@@ -143,7 +157,13 @@ PRESETS = {
     "quick": Config(),
     "paper": Config(curve_steps=3000, heat_grid=81, sweep_gammas=11,
                     sweep_lrs=(0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0),
-                    sweep_steps=5000, gan_seeds=8, gan_steps=10000),
+                    sweep_steps=5000, gan_seeds=8, gan_steps=30000),
+    # The GAN sweep alone: 8 seeds x 5 optimizers, 30k generator steps (CPU, minutes).
+    "gan": Config(parts=("gan",), gan_seeds=8, gan_steps=30000),
+    # The same recipe larger, for an accelerator: 32 seeds, wider nets, 4 D steps, 100k steps.
+    "gan_gpu": Config(parts=("gan",), gan_seeds=32, gan_steps=100_000, gan_hidden=128,
+                      gan_batch=256, gan_d_steps=4, gan_ema=0.9999, gan_eval_every=2000,
+                      gan_samples=10_000),
     "fmnist": Config(parts=("fmnist",)),
 }
 
@@ -151,25 +171,31 @@ PRESETS = {
 # ------------------------------------------------------------------- (a) bilinear
 
 
-def _rho_fn(mode: str, dim: int = 0):
-  """``(alpha, magnitude, angle) -> spectral radius`` on the bilinear game."""
-  game = games.bilinear_game(1.0 if dim == 0 else jnp.eye(dim))
-  zero = jnp.zeros(()) if dim == 0 else jnp.zeros(dim)
+def _rho_of(mode: str):
+  """``hp -> spectral radius`` on the bilinear game, ``hp`` holding alpha, magnitude and angle."""
+  game = games.bilinear_game(1.0)
+  zero = jnp.zeros(())
 
-  def rho(alpha, magnitude, angle):
-    tx = complex_momentum(alpha, magnitude, angle)
+  def rho(hp):
+    tx = complex_momentum(hp["alpha"], hp["magnitude"], hp["angle"])
     state = games.init_play(game, tx, (zero, zero))
     return games.spectral_radius(games.make_step(game, tx, mode), state)
 
-  return jax.jit(jax.vmap(rho))
+  return rho
+
+
+def spectral_radii(mode: str, grid: sweep.Grid) -> np.ndarray:
+  """Spectral radius of every point of a (alpha, |beta|, arg beta) grid: one sharded sweep call."""
+  return np.asarray(sweep.evaluate(_rho_of(mode), grid))
 
 
 def spectral_table() -> list[dict]:
   rows = []
   for mode in MODES:
     entries = [e for e in SPEC_TABLE if e[3] == mode]
-    cols = [jnp.array([e[i] for e in entries], jnp.float32) for i in range(3)]
-    for e, r in zip(entries, np.asarray(_rho_fn(mode)(*cols))):
+    grid = sweep.Grid.zipped(alpha=[e[0] for e in entries], magnitude=[e[1] for e in entries],
+                             angle=[e[2] for e in entries])
+    for e, r in zip(entries, spectral_radii(mode, grid)):
       rows.append({"alpha": e[0], "magnitude": e[1], "angle": round(e[2], 6), "mode": mode,
                    "rho": round(float(r), 6), "reference": e[4], "abs_diff": abs(float(r) - e[4])})
   return rows
@@ -180,22 +206,24 @@ def bilinear_curves(cfg: Config, run) -> dict:
   out = {}
   for mode in MODES:
     series = {}
-    for name, (mag, ang) in METHODS.items():
+    radii = spectral_radii(mode, sweep.Grid.zipped(alpha=[cfg.alpha] * len(METHODS),
+                                                   magnitude=[m for m, _ in METHODS.values()],
+                                                   angle=[a for _, a in METHODS.values()]))
+    for (name, (mag, ang)), rho in zip(METHODS.items(), radii):
       tx = complex_momentum(cfg.alpha, mag, ang)
       state = games.init_play(game, tx, (jnp.ones(()), jnp.ones(())))
       _, norms = jax.jit(lambda s, tx=tx: games.play(games.make_step(game, tx, mode), s,
                                                      cfg.curve_steps))(state)
-      norms = np.asarray(norms)
-      rho = float(_rho_fn(mode)(*[jnp.array([v]) for v in (cfg.alpha, mag, ang)])[0])
+      norms, rho = np.asarray(norms), float(rho)
       half = cfg.curve_steps // 2
       logs = np.log(np.maximum(norms, np.finfo(np.float32).tiny))
       rate = math.exp((logs[-1] - logs[half - 1]) / (cfg.curve_steps - half))
       out[f"{mode}/{name}"] = {"final_norm": float(norms[-1]), "spectral_radius": rho,
                                "empirical_rate": rate}
       series[f"{name} (rho={rho:.4f})"] = (np.arange(1, cfg.curve_steps + 1), norms)
-    plots.line_plot(series, run.path(f"bilinear_{mode}.png"), xlabel="step",
-                    ylabel="|(x, y)|", logy=True,
-                    title=f"min_x max_y xy, {mode}, alpha={cfg.alpha}")
+    plots.line_plot(series, run.path(f"bilinear_{mode}.png"), xlabel="iteration (player updates)",
+                    ylabel="|(x, y)| (Euclidean distance to the equilibrium)", logy=True,
+                    title=plots.run_title(run, f"min_x max_y xy, {mode} play, alpha={cfg.alpha}"))
   return out
 
 
@@ -207,10 +235,11 @@ def spectral_heatmaps(cfg: Config, run) -> list[dict]:
                            squeeze=False, constrained_layout=True)
   best = []
   for row, mode in enumerate(MODES):
-    fn = _rho_fn(mode)
+    # Members: alpha (outer) x arg beta x |beta| (inner), i.e. [alpha, angle, magnitude].
+    grid = sweep.Grid.product(alpha=cfg.heat_alphas, angle=angs, magnitude=mags)
+    radii = spectral_radii(mode, grid).reshape(len(cfg.heat_alphas), *mm.shape)
     for col, alpha in enumerate(cfg.heat_alphas):
-      rho = np.asarray(fn(jnp.full(mm.size, alpha, jnp.float32), jnp.asarray(mm.ravel(), jnp.float32),
-                          jnp.asarray(aa.ravel(), jnp.float32))).reshape(mm.shape)
+      rho = radii[col]
       i = np.unravel_index(np.argmin(rho), rho.shape)
       best.append({"mode": mode, "alpha": alpha, "best_rho": round(float(rho[i]), 5),
                    "magnitude": round(float(mags[i[1]]), 4), "angle_over_pi": round(float(angs[i[0]] / math.pi), 4),
@@ -221,12 +250,11 @@ def spectral_heatmaps(cfg: Config, run) -> list[dict]:
       ax.contour(mags, angs / math.pi, rho, levels=[1.0], colors="k", linewidths=0.8)
       ax.plot(mags[i[1]], angs[i[0]] / math.pi, "k*", ms=8)
       ax.set_title(f"{mode[:3]}, alpha={alpha}: min {rho[i]:.3f}", fontsize=9)
-      ax.set_xlabel("|beta|")
-      if col == 0:
-        ax.set_ylabel("arg beta / pi")
-  fig.colorbar(mesh, ax=axes, label="spectral radius (clipped to [0.9, 1.1]); black: rho=1")
-  fig.savefig(run.path("spectral_radius_heatmaps.png"), dpi=110)
-  plt.close(fig)
+      ax.set_xlabel("|beta| (momentum magnitude)")
+      ax.set_ylabel("arg beta / pi (phase, radians / pi)")
+  fig.colorbar(mesh, ax=axes, label="spectral radius (clipped to [0.9, 1.1]); black: rho=1, *: minimum")
+  fig.suptitle(plots.run_title(run, "spectral radius of complex momentum on min_x max_y xy"), fontsize=10)
+  plots.save(fig, run.path("spectral_radius_heatmaps.png"), tight=False)
   return best
 
 
@@ -244,9 +272,9 @@ def adversarial_sweep(cfg: Config, run) -> dict:
   gammas = np.linspace(0.0, 1.0, cfg.sweep_gammas)
   tol = cfg.sweep_tol * float(jnp.sqrt(sum(jnp.sum(w ** 2) for w in w0)))
 
-  def steps_and_rho(gamma, lr, mag, ang):
-    game = games.quadratic_game(gamma, a, b, c)
-    tx = complex_momentum(lr, mag, ang)
+  def steps_and_rho(hp):
+    game = games.quadratic_game(hp["gamma"], a, b, c)
+    tx = complex_momentum(hp["lr"], hp["magnitude"], hp["angle"])
     step = games.make_step(game, tx)
     _, norms = games.play(step, games.init_play(game, tx, w0), cfg.sweep_steps)
     below = norms <= tol
@@ -257,10 +285,11 @@ def adversarial_sweep(cfg: Config, run) -> dict:
     return steps, games.spectral_radius(step, games.init_play(game, tx, zero))
 
   betas = [beta for cls in SWEEP_CLASSES.values() for beta in cls]
-  grid = [(g, lr, m, t) for g in gammas for lr in cfg.sweep_lrs for m, t in betas]
-  cols = [jnp.array([x[i] for x in grid], jnp.float32) for i in range(4)]
+  # Members: gamma (outer) x step size x beta (zipped |beta|, arg beta), one sharded sweep call.
+  grid = sweep.Grid.product(gamma=gammas, lr=cfg.sweep_lrs) * sweep.Grid.zipped(
+      magnitude=[m for m, _ in betas], angle=[t for _, t in betas])
   shape = (len(gammas), len(cfg.sweep_lrs), len(betas))
-  steps, rhos = (np.asarray(x).reshape(shape) for x in jax.jit(jax.vmap(steps_and_rho))(*cols))
+  steps, rhos = (np.asarray(x).reshape(shape) for x in sweep.evaluate(steps_and_rho, grid))
   cap = cfg.sweep_steps + 1
   out = {"gammas": gammas.round(4).tolist(), "steps": {}, "best": {}, "converged_count": {},
          "best_rho": {}}
@@ -278,23 +307,34 @@ def adversarial_sweep(cfg: Config, run) -> dict:
     out["best_rho"][name] = rho.round(6).tolist()
     series[name] = (gammas[best < cap], best[best < cap])
     rho_series[name] = (gammas, rho)
-  plots.line_plot(series, run.path("adversarial_sweep.png"), xlabel="gamma (0 cooperative, 1 adversarial)",
-                  ylabel="steps to |w| <= 1e-6 |w0|", logy=True,
-                  title=f"dim {d}, best step size and beta per class; missing = none converged in {cfg.sweep_steps}")
-  plots.line_plot(rho_series, run.path("adversarial_sweep_rho.png"), xlabel="gamma (0 cooperative, 1 adversarial)",
-                  ylabel="best spectral radius over the grid", hline=1.0, hline_label="rho = 1",
-                  title=f"dim {d}, simultaneous play, best over step sizes and betas per class")
+  plots.line_plot(series, run.path("adversarial_sweep.png"),
+                  xlabel="gamma (adversarialness: 0 cooperative, 1 adversarial)",
+                  ylabel=f"iterations to |w| <= {cfg.sweep_tol:g} |w0|", logy=True,
+                  title=plots.run_title(run, f"dim {d}, best step size and beta per class; missing: none "
+                                             f"converged in {cfg.sweep_steps}"))
+  plots.line_plot(rho_series, run.path("adversarial_sweep_rho.png"),
+                  xlabel="gamma (adversarialness: 0 cooperative, 1 adversarial)",
+                  ylabel="best spectral radius over the grid (rho < 1 converges)", hline=1.0,
+                  hline_label="rho = 1",
+                  title=plots.run_title(run, f"dim {d}, simultaneous play, best over step sizes and "
+                                             "betas per class"))
   return out
 
 
 # ------------------------------------------------------------------- (c) GAN
 
 
+# The Fashion-MNIST GAN (d) keeps its three optimizers (non-saturating loss, one seed).
+FMNIST_METHODS = {"Adam beta1=0": (0.0, 0.0), "complex Adam beta1=0.8e^(i pi/8)": (0.8, PI8),
+                  "Adam beta1=0.8": (0.8, 0.0)}
+
+
 def gan_methods(cfg: Config) -> dict[str, tuple[float, float]]:
-  m, a = cfg.gan_complex_beta1
-  return {"Adam beta1=0": (0.0, 0.0),
-          f"complex Adam beta1={m}e^(i{a / math.pi:.3g}pi)": (m, a),
-          f"Adam beta1={cfg.gan_real_beta1}": (cfg.gan_real_beta1, 0.0)}
+  """Optimizer arms ``name -> (|beta1|, arg beta1)``: real beta1 first, then the complex angles."""
+  arms = {f"Adam beta1={b:g}": (b, 0.0) for b in cfg.gan_real_beta1}
+  m = cfg.gan_magnitude
+  arms.update({f"complex Adam beta1={m:g}e^(i pi/{math.pi / a:.3g})": (m, a) for a in cfg.gan_angles})
+  return arms
 
 
 # ------------------------------------------------------------------- main
@@ -329,14 +369,18 @@ def _sweep_part(cfg: Config, run, results: dict, headline: list, progress) -> No
 def _gan_part(cfg: Config, run, results: dict, headline: list, progress) -> None:
   gan = results["gan"] = gan_experiment(cfg, run, gan_methods(cfg), progress)
   for name, r in gan["methods"].items():
-    headline.append({"metric": f"8-Gaussian GAN modes covered, {name}", "value": r["mean_modes"],
-                     "note": f"mean of {cfg.gan_seeds} seeds, {cfg.gan_steps} steps; "
-                             f"HQ fraction {r['mean_hq']:.3f}"})
+    last, window = r["last"], r["window"]
+    headline.append({"metric": f"8-Gaussian GAN modes covered at the last step, {name}",
+                     "value": stats.spread(last["modes"]),
+                     "note": f"95% CI [{last['modes']['ci95_low']:.2f}, {last['modes']['ci95_high']:.2f}]; "
+                             f"last-20% mean {stats.spread(window['modes'])}; HQ fraction "
+                             f"{stats.spread(last['hq'], 2)} (last 20%: {stats.spread(window['hq'], 2)}); "
+                             f"{cfg.gan_steps} G steps x {cfg.gan_d_steps} D steps, EMA generator"})
 
 
 def _fmnist_part(cfg: Config, run, results: dict, headline: list, progress, fmnist_data) -> None:
   from complex_momentum_fmnist import fmnist_experiment  # pylint: disable=g-import-not-at-top
-  fm = results["fmnist"] = fmnist_experiment(cfg, run, gan_methods(cfg), progress=progress,
+  fm = results["fmnist"] = fmnist_experiment(cfg, run, FMNIST_METHODS, progress=progress,
                                              arrays=fmnist_data)
   for name, r in fm["methods"].items():
     headline.append({"metric": f"Fashion-MNIST GAN classifier-IS / FD, {name}",
@@ -352,8 +396,14 @@ def _units(cfg: Config, part: str) -> int:
           "fmnist": cfg.fmnist_classifier_steps + cfg.fmnist_steps}[part]
 
 
+def _check_sweep(cfg: Config, request) -> None:
+  del request
+  config.require("gan" in cfg.parts, "--seeds / --sweep apply to the GAN part; add gan to --parts.")
+
+
 def main(argv=None) -> dict:
-  cfg, run = config.cli(Config, PRESETS, paper="complex_momentum", description=__doc__, argv=argv)
+  cfg, run = config.cli(Config, PRESETS, paper="complex_momentum", description=__doc__, argv=argv,
+                        sweep=config.SweepOptions(check=_check_sweep))
   fmnist_data = None
   if "fmnist" in cfg.parts:  # load (or fail) before any compute
     from complex_momentum_fmnist import load_fmnist  # pylint: disable=g-import-not-at-top
