@@ -455,6 +455,15 @@ def scale_by_dion(rank_fraction: float = 1.0, mu: Any = 0.95, rank_multiple_of: 
   Returns:
     An `optax.GradientTransformation` with state `ScaleByDionState`.
 
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> tx = scale_by_dion(rank_fraction=0.5)
+    >>> w = jnp.ones((4, 8))
+    >>> state = tx.init(w)
+    >>> u, state = tx.update(jnp.eye(4, 8), state)
+    >>> print(u.shape, state.q.shape, int(state.nonfinite_count))
+    (4, 8) (4, 2) 0
+
   Raises:
     ValueError: bad hyperparameters (at construction) or a leaf Dion cannot
       take (at ``init``), naming the leaf path and shape.
@@ -634,6 +643,16 @@ def dion(learning_rate: optax.ScalarOrSchedule, rank_fraction: float = 1.0, mu: 
 
   Returns:
     An `optax.GradientTransformation` (an ``optax.partition``).
+
+  Examples:
+    >>> import jax.numpy as jnp, optax
+    >>> params = {"w": jnp.ones((4, 8)), "b": jnp.zeros(8)}
+    >>> tx = optax.chain(optax.clip_by_global_norm(1.0), dion(0.02, rank_fraction=0.25))
+    >>> state = tx.init(params)
+    >>> grads = {"w": jnp.eye(4, 8), "b": jnp.ones(8)}
+    >>> u, state = tx.update(grads, state, params)
+    >>> print(u["w"].shape, u["w"].dtype)
+    (4, 8) float32
   """
   from optim import routed as routed_lib  # pylint: disable=import-outside-toplevel
   matrix = _zero_skipped(optax.chain(
