@@ -12,6 +12,9 @@ threads made a 512x512 Cholesky ~50x slower on the shared 2-core machine, so
 BLAS is limited to one thread here (XLA's own thread pool is untouched).
 
 Standalone: ``python benchmarks/dion_step.py [--shape 4096,16384 --count 12 --rounds 3]``.
+``--official`` instead runs `dion_official` (ours against the official
+``DionReference`` in single-threaded, pinned, alternating processes, with
+each variant's time over its matmul floor).
 """
 
 from __future__ import annotations
@@ -95,6 +98,13 @@ if __name__ == "__main__":
   parser.add_argument("--shape", default="1024,4096", help="Flax (fan_in, fan_out)")
   parser.add_argument("--count", type=int, default=COUNT)
   parser.add_argument("--rounds", type=int, default=ROUNDS)
-  args = parser.parse_args()
+  parser.add_argument("--official", action="store_true",
+                      help="side by side with the official DionReference (dion_official.py)")
+  args, rest = parser.parse_known_args()
+  if args.official:
+    import dion_official  # pylint: disable=import-outside-toplevel
+    dion_official.main(["--shape", args.shape, "--count", str(args.count),
+                        "--rounds", str(args.rounds)] + rest)
+    raise SystemExit(0)
   from run import render  # pylint: disable=g-import-not-at-top
   print(render(run(tuple(int(s) for s in args.shape.split(",")), args.count, args.rounds)))

@@ -23,6 +23,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax import lax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
@@ -39,6 +40,57 @@ STATIC_ARGS = ("rank_fraction", "rank_multiple_of", "power_iters", "qr_method", 
 DION_STATIC_ARGS = STATIC_ARGS + ("labels", "scalar_optimizer")
 
 
+@jax.tree_util.register_pytree_node_class
+class DionConfig:
+  """The shape-fixing settings of `scale_by_dion`, kept in its state as static data.
+
+  A pytree node with no leaves: under ``jit`` it travels in the tree structure,
+  so `update` reads the values `init` saw even when `optax.inject_hyperparams`
+  hands the factory traced arrays for them.
+  """
+
+  def __init__(self, rank_fraction: float, rank_multiple_of: int, power_iters: int,
+               oversample: float):
+    self.rank_fraction, self.rank_multiple_of = rank_fraction, rank_multiple_of
+    self.power_iters, self.oversample = power_iters, oversample
+
+  def tree_flatten(self):
+    return (), (self.rank_fraction, self.rank_multiple_of, self.power_iters, self.oversample)
+
+  @classmethod
+  def tree_unflatten(cls, aux, children):
+    del children
+    return cls(*aux)
+
+  def __repr__(self):
+    return (f"DionConfig(rank_fraction={self.rank_fraction}, rank_multiple_of="
+            f"{self.rank_multiple_of}, power_iters={self.power_iters}, "
+            f"oversample={self.oversample})")
+
+
+def _python_number(name: str, value: Any, kind: type) -> Any:
+  """A Python number from a number or a concrete 0-d array; ``None`` for a tracer.
+
+  `optax.inject_hyperparams` turns every numeric argument into an array (in the
+  parameter dtype): ``float32(0.3)`` comes back as ``0.3``, not 0.30000001.
+  """
+  if isinstance(value, bool):
+    raise ValueError(f"{name} must be a number, got {value!r}.")
+  if isinstance(value, (int, float)):
+    return value
+  if isinstance(value, jax.core.Tracer):
+    return None
+  try:
+    arr = np.asarray(value)
+  except (TypeError, ValueError):
+    return value  # a bad value: reported by the checks
+  if arr.shape != () or not np.issubdtype(arr.dtype, np.number):
+    return value
+  if kind is int:
+    return int(arr)
+  return float(np.format_float_positional(arr[()], unique=True))
+
+
 class ScaleByDionState(NamedTuple):
   """State of `scale_by_dion`.
 
@@ -49,12 +101,14 @@ class ScaleByDionState(NamedTuple):
     q: right factor ``Q`` per leaf, shape ``(*batch, q_dim, r)``.
     nonfinite_count: per leaf, the number of steps (int32) on which ``M + G``
       held a NaN or an infinity, so that the step was skipped for that leaf.
+    config: the shape-fixing settings (`DionConfig`, static data, no arrays).
   """
   count: jax.Array
   key: jax.Array
   momentum: Any
   q: Any
   nonfinite_count: Any
+  config: Any = None
 
 
 class LeafPlan(NamedTuple):
@@ -143,6 +197,11 @@ class _Layout:
   def full(self, x):  # (L, p, q)
     return self._c(x, "batch_spec", "p_spec", "q_spec")
 
+  def stored(self, x):  # (L, fan_in, fan_out): (L, q, p) if p_last else (L, p, q)
+    if self.plan is not None and self.plan.p_last:
+      return self._c(x, "batch_spec", "q_spec", "p_spec")
+    return self.full(x)
+
   def tall(self, x):  # (L, p, r)
     return self._c(x, "batch_spec", "p_spec", None)
 
@@ -166,17 +225,6 @@ class _Layout:
     plan = self.plan
     two = (plan.q_spec, plan.p_spec) if plan.p_last else (plan.p_spec, plan.q_spec)
     return NamedSharding(self.mesh, PartitionSpec(*self._lead(), *two))
-
-
-def _oriented(x: jax.Array, plan: LeafPlan) -> jax.Array:
-  """``(*batch, fan_in, fan_out)`` -> ``(L, p, q)`` (and back, it is an involution on the last two)."""
-  x = x.reshape((math.prod(plan.batch),) + x.shape[-2:])
-  return jnp.swapaxes(x, -1, -2) if plan.p_last else x
-
-
-def _to_param_layout(x: jax.Array, plan: LeafPlan) -> jax.Array:
-  x = jnp.swapaxes(x, -1, -2) if plan.p_last else x
-  return x.reshape(plan.batch + x.shape[-2:])
 
 
 def _is_masked(x: Any) -> bool:
@@ -237,32 +285,39 @@ class DionStep(NamedTuple):
 
 def power_step(b: jax.Array, q: jax.Array, key: jax.Array, *, mu: Any = 0.95, eps: Any = 1e-8,
                qr_method: str = "rcqr", oversample: float = 1.25, power_iters: int = 1,
-               layout: Any = None, data_axis: str | None = None) -> DionStep:
-  r"""Dion's core on an oriented float32 ``B = M + G`` of shape ``(L, p, q)``.
+               layout: Any = None, data_axis: str | None = None,
+               transposed: bool = False, zero: jax.Array | None = None) -> DionStep:
+  r"""Dion's core on a float32 ``B = M + G`` of shape ``(L, p, q)``.
 
   .. math::
     P = \mathrm{orth}(B Q),\ R = B^\top P,\ M' = B - (1-\mu) P R^\top,\\
     Q' = R / (\|R_{:,j}\| + \epsilon)
 
-  With ``data_axis`` (inside ``shard_map``) ``B Q`` and ``R`` are averaged over
-  the axis, which equals the step on the averaged ``B`` since both are linear in it.
+  With ``transposed`` the input is ``B^T`` (shape ``(L, q, p)``) and ``momentum``
+  and ``direction`` come back transposed too: the products contract the stored
+  axes directly, so no transpose of a full matrix is ever materialised. With
+  ``data_axis`` (inside ``shard_map``) ``B Q`` and ``R`` are averaged over the
+  axis, which equals the step on the averaged ``B`` since both are linear in it.
   """
   layout = layout or _Layout(None, None)
   sync = (lambda x: lax.pmean(x, data_axis)) if data_axis else (lambda x: x)
+  full = layout.stored if transposed else layout.full
+  bs = "lqp" if transposed else "lpq"  # subscripts of b as given
   basis = q
   for i in range(power_iters):
-    p = sync(layout.tall(b @ basis))
+    p = sync(layout.tall(jnp.einsum(f"{bs},lqr->lpr", b, basis)))
     p = orth.orthonormalize(p, qr_method, key=jax.random.fold_in(key, i), oversample=oversample,
                             small=layout.small, tall=layout.tall, sketch=layout.sketch)
-    basis = sync(layout.qside(jnp.einsum("lpq,lpr->lqr", b, p)))
-  zero = jnp.all(b == 0, axis=(-2, -1))
+    basis = sync(layout.qside(jnp.einsum(f"{bs},lpr->lqr", b, p)))
+  if zero is None:  # per matrix: B = 0 (the caller may know it already)
+    zero = jnp.all(b == 0, axis=(-2, -1))
   if data_axis:
     zero = lax.pmin(zero.astype(jnp.int32), data_axis).astype(bool)
   p = jnp.where(zero[:, None, None], 0.0, p)
   r = jnp.where(zero[:, None, None], q, basis)
-  new_m = layout.full(b - (1.0 - mu) * (p @ jnp.swapaxes(r, -1, -2)))
+  new_m = full(b - (1.0 - mu) * jnp.einsum(f"lpr,lqr->{bs}", p, r))
   new_q = layout.qside(_column_normalize(r, eps))
-  return DionStep(p, r, new_m, new_q, layout.full(p @ jnp.swapaxes(new_q, -1, -2)))
+  return DionStep(p, r, new_m, new_q, full(jnp.einsum(f"lpr,lqr->{bs}", p, new_q)))
 
 
 def _dion_leaf(plan: LeafPlan, layout: _Layout, grad: jax.Array, momentum: jax.Array,
@@ -276,23 +331,32 @@ def _dion_leaf(plan: LeafPlan, layout: _Layout, grad: jax.Array, momentum: jax.A
   ``M`` and ``Q`` and its update is 0.
   """
   cdt = step_kw.pop("compute_dtype")
-  g = _oriented(grad.astype(cdt), plan)
+  # Stored layout (L, fan_in, fan_out); power_step contracts it as it is.
+  flat = lambda x: x.reshape((math.prod(plan.batch),) + x.shape[-2:])
+  g = flat(grad.astype(cdt))
   if data_axis is not None and not compressed:
     g = lax.pmean(g, data_axis)
-  m_old = _oriented(momentum.astype(cdt), plan)
-  b = layout.full(m_old + g)
-  finite = jnp.all(jnp.isfinite(b), axis=(-2, -1) if grouped else None)
+  m_old = flat(momentum.astype(cdt))
+  b = layout.stored(m_old + g)
+  # One reduction serves both checks: max|B| is NaN / inf iff B is not finite
+  # (max propagates NaN) and 0 iff B = 0.
+  peak = jnp.max(jnp.abs(b), axis=(-2, -1))
+  finite = jnp.isfinite(peak) if grouped else jnp.all(jnp.isfinite(peak))
   if data_axis is not None and compressed:  # every replica must skip together
     finite = lax.pmin(finite.astype(jnp.int32), data_axis).astype(bool)
   q_old = layout.qside(q.astype(cdt).reshape((-1,) + q.shape[-2:]))
   out = power_step(b, q_old, key, layout=layout, data_axis=data_axis if compressed else None,
-                   **step_kw)
+                   transposed=plan.p_last, zero=peak == 0, **step_kw)
   keep = finite[:, None, None] if grouped else finite
-  update = layout.full(jnp.where(keep, plan.scale * out.direction, 0.0))
-  new_m = layout.full(jnp.where(keep, out.momentum, m_old))
+  update = layout.stored(jnp.where(keep, plan.scale * out.direction, 0.0))
+  # The select runs in the parameter's own shape, so that XLA writes the donated
+  # momentum in place (through a reshape it copied the whole matrix).
+  keep_m = jnp.reshape(finite, finite.shape + (1,) * (momentum.ndim - finite.ndim))
+  new_m = jnp.where(keep_m, layout.stored(out.momentum).reshape(momentum.shape),
+                    momentum.astype(cdt))
   new_q = layout.qside(jnp.where(keep, out.q, q_old))
-  return (_to_param_layout(update, plan),
-          _to_param_layout(new_m, plan).astype(momentum.dtype),
+  return (update.reshape(grad.shape),
+          new_m.astype(momentum.dtype),
           new_q.reshape(q.shape).astype(q.dtype), finite)
 
 
@@ -309,15 +373,18 @@ def _compute_dtype(precision: str) -> Any:
 
 
 def _check_args(rank_fraction, rank_multiple_of, power_iters, qr_method, oversample, mesh, specs):
-  if not isinstance(rank_fraction, (int, float)) or not 0.0 < rank_fraction <= 1.0:
+  """Checks the settings; ``None`` (a traced value, see `_python_number`) is skipped."""
+  if rank_fraction is not None and (not isinstance(rank_fraction, (int, float))
+                                    or not 0.0 < rank_fraction <= 1.0):
     raise ValueError(f"rank_fraction must be a number in (0, 1], got {rank_fraction!r}.")
-  if not isinstance(rank_multiple_of, int) or rank_multiple_of < 1:
+  if rank_multiple_of is not None and (not isinstance(rank_multiple_of, int)
+                                       or rank_multiple_of < 1):
     raise ValueError(f"rank_multiple_of must be an int >= 1, got {rank_multiple_of!r}.")
-  if not isinstance(power_iters, int) or power_iters < 1:
+  if power_iters is not None and (not isinstance(power_iters, int) or power_iters < 1):
     raise ValueError(f"power_iters must be an int >= 1, got {power_iters!r}.")
   if qr_method not in orth.QR_METHODS:
     raise ValueError(f"qr_method must be one of {orth.QR_METHODS}, got {qr_method!r}.")
-  if not isinstance(oversample, (int, float)) or oversample < 1.0:
+  if oversample is not None and (not isinstance(oversample, (int, float)) or oversample < 1.0):
     raise ValueError(f"oversample must be a number >= 1, got {oversample!r}.")
   if specs is not None and mesh is None:
     raise ValueError("specs were given without a mesh; pass mesh=... as well.")
@@ -388,27 +455,48 @@ def scale_by_dion(rank_fraction: float = 1.0, mu: Any = 0.95, rank_multiple_of: 
   Returns:
     An `optax.GradientTransformation` with state `ScaleByDionState`.
 
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> tx = scale_by_dion(rank_fraction=0.5)
+    >>> w = jnp.ones((4, 8))
+    >>> state = tx.init(w)
+    >>> u, state = tx.update(jnp.eye(4, 8), state)
+    >>> print(u.shape, state.q.shape, int(state.nonfinite_count))
+    (4, 8) (4, 2) 0
+
   Raises:
     ValueError: bad hyperparameters (at construction) or a leaf Dion cannot
       take (at ``init``), naming the leaf path and shape.
   """
-  _check_args(rank_fraction, rank_multiple_of, power_iters, qr_method, oversample, mesh, specs)
+  settings = (_python_number("rank_fraction", rank_fraction, float),
+              _python_number("rank_multiple_of", rank_multiple_of, int),
+              _python_number("power_iters", power_iters, int),
+              _python_number("oversample", oversample, float))
+  _check_args(settings[0], settings[1], settings[2], qr_method, settings[3], mesh, specs)
   compute_dtype = _compute_dtype(precision)
   if isinstance(mu, (int, float)) and not 0.0 <= mu <= 1.0:
     raise ValueError(f"mu must be in [0, 1], got {mu!r}.")
-  plan_kw = dict(rank_fraction=rank_fraction, rank_multiple_of=rank_multiple_of,
-                 fsdp_axis=fsdp_axis, tp_axis=tp_axis)
 
   def base_key() -> jax.Array:
-    return jax.random.key(key) if isinstance(key, int) else key
+    if isinstance(key, jax.Array) and jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+      return key
+    return jax.random.key(_python_number("key", key, int))
 
-  def plans(tree):
+  def plans(tree, cfg):
     leaves = _leaves(tree, specs)
     return leaves, {i: plan_leaf(leaves.paths[i], tuple(leaves.flat[i].shape), leaves.specs[i],
-                                 **plan_kw) for i in leaves.arrays()}
+                                 rank_fraction=cfg.rank_fraction,
+                                 rank_multiple_of=cfg.rank_multiple_of, fsdp_axis=fsdp_axis,
+                                 tp_axis=tp_axis) for i in leaves.arrays()}
 
   def init_fn(params):
-    leaves, planned = plans(params)
+    if any(v is None for v in settings):
+      raise ValueError("rank_fraction, rank_multiple_of, power_iters and oversample fix array "
+                       "shapes and must be known when the state is made; under "
+                       "optax.inject_hyperparams pass static_args=optim.DION_STATIC_ARGS "
+                       "(optim.STATIC_ARGS for scale_by_dion).")
+    cfg = DionConfig(*settings)
+    leaves, planned = plans(params, cfg)
     for i in planned:
       dtype = jnp.result_type(leaves.flat[i])
       if not jnp.issubdtype(dtype, jnp.floating):
@@ -429,10 +517,11 @@ def scale_by_dion(rank_fraction: float = 1.0, mu: Any = 0.95, rank_multiple_of: 
       moms[i], qs[i] = m, q
     counts = {i: jnp.zeros([], jnp.int32) for i in planned}
     return ScaleByDionState(jnp.zeros([], jnp.int32), base_key(), leaves.unflatten(moms),
-                            leaves.unflatten(qs), leaves.unflatten(counts))
+                            leaves.unflatten(qs), leaves.unflatten(counts), cfg)
 
   def update_fn(updates, state, params=None):
-    leaves, planned = plans(updates)
+    cfg = state.config
+    leaves, planned = plans(updates, cfg)
     flat_m, flat_q = leaves.flatten(state.momentum), leaves.flatten(state.q)
     flat_n = leaves.flatten(state.nonfinite_count)
     flat_p = leaves.flatten(params) if params is not None else [None] * len(leaves.flat)
@@ -458,12 +547,12 @@ def scale_by_dion(rank_fraction: float = 1.0, mu: Any = 0.95, rank_multiple_of: 
         plan = plan._replace(path=f"{len(members)} x {plan.path}", batch=(len(members),))
       stack = (lambda xs: xs[members[0]]) if len(members) == 1 else (
           lambda xs: jnp.stack([xs[i] for i in members]))
-      compressed = (data_axis is not None and rank_fraction < 1.0
+      compressed = (data_axis is not None and cfg.rank_fraction < 1.0
                     and (plan.p_dim + plan.q_dim) * plan.rank < plan.p_dim * plan.q_dim)
       outs = _dion_leaf(
           plan, _Layout(plan, mesh), stack(leaves.flat), stack(flat_m), stack(flat_q),
           jax.random.fold_in(step_key, members[0]), mu=mu, eps=eps, qr_method=qr_method,
-          oversample=oversample, power_iters=power_iters, data_axis=data_axis,
+          oversample=cfg.oversample, power_iters=cfg.power_iters, data_axis=data_axis,
           compressed=compressed, grouped=len(members) > 1, compute_dtype=compute_dtype)
       for j, i in enumerate(members):
         pick = (lambda x: x) if len(members) == 1 else (lambda x, j=j: x[j])
@@ -472,7 +561,7 @@ def scale_by_dion(rank_fraction: float = 1.0, mu: Any = 0.95, rank_multiple_of: 
         new_n[i] = flat_n[i] + jnp.logical_not(finite).astype(flat_n[i].dtype)
     return leaves.unflatten(new_u), ScaleByDionState(
         optax.safe_increment(state.count), state.key, leaves.unflatten(new_m),
-        leaves.unflatten(new_q), leaves.unflatten(new_n))
+        leaves.unflatten(new_q), leaves.unflatten(new_n), cfg)
 
   return optax.GradientTransformation(init_fn, update_fn)
 
@@ -527,7 +616,11 @@ def dion(learning_rate: optax.ScalarOrSchedule, rank_fraction: float = 1.0, mu: 
   scale_by_learning_rate(learning_rate))``. Vectors, embeddings and the head
   go to the scalar optimizer as described in `optim.routed`
   (head learning rate times ``1/sqrt(fan_in)`` for Lion, 1 for AdamW).
-  Under `optax.inject_hyperparams` pass ``static_args=DION_STATIC_ARGS``.
+  Works under `optax.inject_hyperparams` as it is: the shape-fixing settings
+  (``rank_fraction``, ``rank_multiple_of``, ``power_iters``, ``oversample``)
+  are read when the state is made and kept in it (`DionConfig`), so their
+  injected copies are never used; ``static_args=DION_STATIC_ARGS`` keeps them
+  out of the injected hyperparameters altogether.
 
   A matrix whose gradient holds a NaN or an infinity gets a zero update (no
   weight decay either) and keeps its Dion state for that step (see
@@ -550,6 +643,16 @@ def dion(learning_rate: optax.ScalarOrSchedule, rank_fraction: float = 1.0, mu: 
 
   Returns:
     An `optax.GradientTransformation` (an ``optax.partition``).
+
+  Examples:
+    >>> import jax.numpy as jnp, optax
+    >>> params = {"w": jnp.ones((4, 8)), "b": jnp.zeros(8)}
+    >>> tx = optax.chain(optax.clip_by_global_norm(1.0), dion(0.02, rank_fraction=0.25))
+    >>> state = tx.init(params)
+    >>> grads = {"w": jnp.eye(4, 8), "b": jnp.ones(8)}
+    >>> u, state = tx.update(grads, state, params)
+    >>> print(u["w"].shape, u["w"].dtype)
+    (4, 8) float32
   """
   from optim import routed as routed_lib  # pylint: disable=import-outside-toplevel
   matrix = _zero_skipped(optax.chain(

@@ -396,3 +396,18 @@ def test_update_comes_back_in_the_parameter_dtype():
   u, _ = D.scale_by_dion(0.5).update({"w": _randn(0, (16, 24))},
                                      D.scale_by_dion(0.5).init(params))
   assert u["w"].dtype == jnp.bfloat16  # no params given: the dtype the state keeps
+
+
+def test_inject_hyperparams_without_static_args():
+  params = {"w": _randn(0, (30, 48)), "b": jnp.zeros(48)}
+  grads = [jax.tree.map(lambda x, i=i: _randn(i, x.shape), params) for i in range(2)]
+  injected = optax.inject_hyperparams(D.dion)(0.02, rank_fraction=0.3, mu=0.9)
+  u1, state = _run(injected, params, grads)
+  u2, _ = _run(D.dion(0.02, 0.3, 0.9), params, grads)
+  for a, b in zip(u1, u2):
+    jax.tree.map(lambda x, y: np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=1e-6),
+                 a, b)
+  dion_state = state.inner_state.inner_states[L.MATRIX].inner_state[0]
+  assert dion_state.q["w"].shape == (30, 9)  # float32(0.3) * 30 -> 9, not 10
+  with pytest.raises(ValueError, match="static_args=optim.DION_STATIC_ARGS"):
+    jax.jit(injected.init)(params)  # the settings are traced under a jitted init
