@@ -20,7 +20,7 @@ def test_script_tiny_run(tmp_path):
          "--gan-seeds", "1", "--gan-steps", "20", "--gan-eval-every", "10",
          "--gan-samples", "100", "--gan-hidden", "8", "--gan-batch", "16", "--gan-sn-iters", "1"]
   env = dict(os.environ, TQDM_DISABLE="1")
-  proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, check=False)
+  proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, check=False)
   assert proc.returncode == 0, proc.stderr[-3000:]
   results = json.loads((workdir / "results.json").read_text())
   rows = {r["metric"]: r["value"] for r in results["headline"]}
