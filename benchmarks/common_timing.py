@@ -35,20 +35,34 @@ def best_seconds(fn: Callable[[], object], *, repeats: int = 7, warmup: int = 2)
   return min(_times(fn, repeats, warmup))
 
 
-def machine() -> str:
-  """One line describing the machine and the JAX install."""
-  cpu = platform.processor() or platform.machine()
+def cpu_name() -> str:
+  """The CPU's model name from ``/proc/cpuinfo``, with its widest vector extension.
+
+  e.g. ``"AMD EPYC (AVX-512)"``; the platform's processor name where there is
+  no ``/proc/cpuinfo``. Never written by hand: hosts differ between runs.
+  """
+  name, flags = platform.processor() or platform.machine(), set()
   try:
     with open("/proc/cpuinfo") as f:
       for line in f:
-        if line.startswith("model name"):
-          cpu = line.split(":", 1)[1].strip()
-          break
+        key, _, value = line.partition(":")
+        if key.strip() == "model name" and name == (platform.processor() or platform.machine()):
+          name = value.strip()
+        elif key.strip() == "flags" and not flags:
+          flags = set(value.split())
   except OSError:
     pass
+  vector = next((label for flag, label in (("avx512f", "AVX-512"), ("avx2", "AVX2"), ("sse4_2", "SSE4.2"))
+                 if flag in flags), None)
+  return f"{name} ({vector})" if vector else name
+
+
+def machine() -> str:
+  """One line describing the machine and the JAX install."""
   devices = jax.devices()
-  return (f"{cpu}, {os.cpu_count()} cores; jax {jax.__version__}, {len(devices)} x "
-          f"{devices[0].platform} device(s); Python {platform.python_version()}")
+  kind = devices[0].device_kind if devices[0].platform != "cpu" else ""
+  return (f"{cpu_name()}, {os.cpu_count()} cores; jax {jax.__version__}, {len(devices)} x "
+          f"{devices[0].platform}{' ' + kind if kind else ''} device(s); Python {platform.python_version()}")
 
 
 def run_with_cpu_devices(script: str, count: int) -> dict:

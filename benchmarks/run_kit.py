@@ -94,6 +94,8 @@ def run() -> dict:
       rows.append({"operation": name, "ms (median)": round(med[name], 2),
                    "ratio": round(med[name] / med[base], 3), "relative to": base})
   return {"title": f"Run-kit safety checks on a {n / 1e6:.1f}M-float AdamW state",
+          "command": ("taskset -c 0 env OMP_NUM_THREADS=1 XLA_FLAGS='--xla_cpu_multi_thread_eigen=false "
+                      "intra_op_parallelism_threads=1' python benchmarks/run.py run_kit"),
           "rows": rows,
           "notes": (f"{machine()}. {MATRICES} matrices {DIM}x{DIM} float32 with AdamW moments "
                     f"({n * 4 / 2**20:.0f} MiB). Medians of {ROUNDS} alternating rounds. The guard runs "

@@ -15,6 +15,7 @@ import numpy as np  # noqa: E402
 
 from nas import encoding  # noqa: E402
 from nas import functions as fns  # noqa: E402
+from paperlab import plots  # noqa: E402
 
 COLORS = {"sigmoid": "tab:orange", "tanh": "tab:blue", "leaky_relu": "tab:green"}
 
@@ -47,27 +48,35 @@ def _draw(ax, net: encoding.Net, title: str) -> None:
   ax.axis("off")
 
 
-def architectures(nets: Sequence[encoding.Net], titles: Sequence[str], path: str | pathlib.Path) -> pathlib.Path:
-  """One panel per net: active neurons coloured by activation, edges by |weight| (red: negative)."""
+def architectures(nets: Sequence[encoding.Net], titles: Sequence[str], path: str | pathlib.Path, *,
+                  title: str = "Found architectures") -> pathlib.Path:
+  """One panel per net: active neurons coloured by activation, edges by |weight| (red: negative).
+
+  ``title`` is the figure's title (name the run: `paperlab.plots.run_title`).
+  """
   fig, axes = plt.subplots(1, len(nets), figsize=(3.2 * len(nets), 3.6), squeeze=False)
-  for ax, net, title in zip(axes[0], nets, titles):
-    _draw(ax, net, title)
+  for ax, net, panel in zip(axes[0], nets, titles):
+    _draw(ax, net, panel)
   handles = [plt.Line2D([], [], marker="o", linestyle="", color=c, label=n) for n, c in COLORS.items()]
-  fig.legend(handles=handles, loc="lower center", ncol=3, fontsize=8)
+  handles += [plt.Line2D([], [], color="black", label="weight > 0 (width: |w|)"),
+              plt.Line2D([], [], color="tab:red", label="weight < 0")]
+  fig.legend(handles=handles, loc="lower center", ncol=5, fontsize=7)
+  fig.suptitle(title, fontsize=9)
   fig.tight_layout(rect=(0, 0.07, 1, 1))
-  path = pathlib.Path(path)
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
-  return path
+  return plots.save(fig, path, tight=False)
 
 
 def surfaces(nets: Sequence[encoding.Net], data: Sequence[fns.Dataset], path: str | pathlib.Path,
-             resolution: int = 60) -> pathlib.Path:
-  """Target (top row) and found model (bottom row) on a grid over the scaled domain."""
+             resolution: int = 60, *, title: str = "Targets and found models") -> pathlib.Path:
+  """Target (top row) and found model (bottom row) on a grid over the scaled domain.
+
+  One colour bar per column (scaled target units); ``title`` names the run.
+  """
   g = np.linspace(-1, 1, resolution, dtype=np.float32)
   gx, gy = np.meshgrid(g, g)
   grid = np.stack([gx.ravel(), gy.ravel()], -1)
-  fig, axes = plt.subplots(2, len(nets), figsize=(3.0 * len(nets), 5.6), squeeze=False)
+  fig, axes = plt.subplots(2, len(nets), figsize=(3.4 * len(nets), 6.0), squeeze=False,
+                           constrained_layout=True)
   for k, (net, ds) in enumerate(zip(nets, data)):
     fn, domain = fns.FUNCTIONS[ds.name]
     lo = np.array([d[0] for d in domain])
@@ -78,12 +87,13 @@ def surfaces(nets: Sequence[encoding.Net], data: Sequence[fns.Dataset], path: st
     vmin, vmax = float(target.min()), float(target.max())
     for row, (values, label) in enumerate([(target, "target"), (fit, "SWAT-NN")]):
       ax = axes[row, k]
-      ax.imshow(values, origin="lower", extent=(-1, 1, -1, 1), vmin=vmin, vmax=vmax, cmap="viridis")
+      im = ax.imshow(values, origin="lower", extent=(-1, 1, -1, 1), vmin=vmin, vmax=vmax, cmap="viridis")
       ax.set_title(f"{ds.name}: {label}", fontsize=9)
-      ax.set_xticks([])
-      ax.set_yticks([])
-  fig.tight_layout()
-  path = pathlib.Path(path)
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
-  return path
+      ax.set_xlabel("x1 (scaled to [-1, 1])", fontsize=8)
+      ax.set_ylabel("x2 (scaled to [-1, 1])", fontsize=8)
+      ax.tick_params(labelsize=7)
+    cbar = fig.colorbar(im, ax=axes[:, k], shrink=0.8)
+    cbar.set_label("f(x1, x2) (scaled targets)", fontsize=8)
+    cbar.ax.tick_params(labelsize=7)
+  fig.suptitle(title, fontsize=9)
+  return plots.save(fig, path, tight=False)

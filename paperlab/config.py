@@ -305,6 +305,8 @@ def cli(config_cls: type[C], presets: Mapping[str, C], *, paper: str, descriptio
   except ValueError as e:
     raise ConfigError(str(e)) from e
   setup_logging(run.workdir)
+  from paperlab import metrics  # pylint: disable=g-import-not-at-top
+  metrics.start_heartbeat(paper)  # no phase of the run is silent in log.txt for long
   log.info("%s: preset %s, run directory %s", paper, known.preset, run.workdir)
   _ACTIVE.update(run=run, argv=argv)
   return cfg, run

@@ -17,7 +17,12 @@ holding a NaN or an infinity. `check_finite` is the metrics half.
 and phase of the script advances it, its ETA covers the whole run, and every
 ``log_every_s`` seconds of wall time (also while a long jitted call blocks the
 main thread) it writes a progress line to the log. Only process 0 of a
-multi-process run shows it.
+multi-process run shows it. `start_heartbeat` (started by
+`paperlab.config.cli` for every script run) covers the phases outside any
+`RunProgress`: data loading, figures, results. When nothing was logged for
+``every_s`` seconds it logs a line naming the last thing logged, so a run's
+``log.txt`` is never silent longer than that. Both intervals default to
+``$PAPERLAB_PROGRESS_EVERY_S`` (30 s when unset).
 """
 
 from __future__ import annotations
@@ -215,6 +220,79 @@ class MetricWriter:
       self._tb.close()
 
 
+PROGRESS_ENV = "PAPERLAB_PROGRESS_EVERY_S"
+
+
+def progress_every_s() -> float:
+  """Seconds between progress lines: ``$PAPERLAB_PROGRESS_EVERY_S`` or 30."""
+  value = os.environ.get(PROGRESS_ENV, "")
+  try:
+    every = float(value) if value else 30.0
+  except ValueError as e:
+    raise ValueError(f"${PROGRESS_ENV} must be a number of seconds, got {value!r}.") from e
+  if not every > 0:
+    raise ValueError(f"${PROGRESS_ENV} must be > 0, got {value!r}.")
+  return every
+
+
+class _Heartbeat(logging.Handler):
+  """Remembers the last record logged; a thread logs a line after ``every_s`` of silence."""
+
+  def __init__(self, desc: str, every_s: float):
+    super().__init__(logging.INFO)
+    self.desc, self.every_s = desc, every_s
+    self.t0 = self.last_time = time.monotonic()
+    self.last_message = "start"
+    self._stop = threading.Event()
+    self._thread = threading.Thread(target=self._run, name="paperlab-heartbeat", daemon=True)
+    self._thread.start()
+
+  def emit(self, record: logging.LogRecord) -> None:
+    self.last_time = time.monotonic()
+    if not record.getMessage().startswith("progress:"):
+      self.last_message = record.getMessage().splitlines()[0][:120]
+
+  def _run(self) -> None:
+    while not self._stop.wait(min(self.every_s, 1.0)):
+      quiet = time.monotonic() - self.last_time
+      if quiet >= self.every_s:
+        log.info("progress: %s still working, elapsed %s, nothing logged for %.0f s (last: %s)",
+                 self.desc, format_seconds(time.monotonic() - self.t0), quiet, self.last_message)
+
+  def stop(self) -> None:
+    self._stop.set()
+    self._thread.join()
+
+
+_HEARTBEAT: list[_Heartbeat] = []
+
+
+def start_heartbeat(desc: str, every_s: float | None = None) -> None:
+  """Logs a progress line whenever nothing was logged for ``every_s`` seconds.
+
+  One per process: a second call restarts it under the new name. Only
+  process 0 of a multi-process run starts it.
+
+  Args:
+    desc: the run's name in the line (usually the script's name).
+    every_s: seconds of silence before a line (default `progress_every_s`).
+  """
+  stop_heartbeat()
+  if not distributed.is_main():
+    return
+  beat = _Heartbeat(desc, progress_every_s() if every_s is None else every_s)
+  logging.getLogger().addHandler(beat)
+  _HEARTBEAT.append(beat)
+
+
+def stop_heartbeat() -> None:
+  """Stops the heartbeat of `start_heartbeat` (no-op when none runs)."""
+  while _HEARTBEAT:
+    beat = _HEARTBEAT.pop()
+    logging.getLogger().removeHandler(beat)
+    beat.stop()
+
+
 def _disabled(disable: bool | None) -> bool:
   if disable is None:
     return os.environ.get("TQDM_DISABLE", "") not in ("", "0") or not distributed.is_main()
@@ -247,9 +325,12 @@ class RunProgress:
   The run's work is ``total`` units (steps, rounds, simulated seconds...), the
   sum over every arm, cell and seed. Computed work is reported with `advance`,
   work found already done (a resumed checkpoint, a cached cell) with `skip`.
-  The ETA is ``remaining / rate`` with ``rate = computed units / wall time
-  since start``: it assumes the remaining units cost what the computed ones
-  did, start-up and evaluation included. Every ``log_every_s`` seconds a
+  The ETA is ``remaining / rate``. Until a second chunk of work is reported
+  the rate is ``computed units / wall time since start``; from then on it is
+  measured from the end of the first computed chunk, so the start-up and the
+  first compilation (often most of the first chunk's time) do not inflate the
+  ETA of the rest. It assumes the remaining units cost what the units computed
+  since then did, evaluation included. Every ``log_every_s`` seconds a
   background thread logs one line ``progress: <desc> <done>/<total> <unit>
   (<percent>), elapsed <t>, ETA <t>, phase <name>``, so no phase is silent for
   longer than that, even while a long jitted call holds the main thread.
@@ -258,13 +339,15 @@ class RunProgress:
     total: units of work of the whole run (> 0).
     desc: label (usually the script's name).
     unit: name of the unit, for the log line.
-    log_every_s: seconds between progress lines in the log (> 0).
+    log_every_s: seconds between progress lines in the log (> 0; default
+      `progress_every_s`).
     disable: hide the terminal bar (default: ``$TQDM_DISABLE``); the log
       lines are written either way.
   """
 
-  def __init__(self, total: float, *, desc: str = "", unit: str = "step", log_every_s: float = 30.0,
-               disable: bool | None = None):
+  def __init__(self, total: float, *, desc: str = "", unit: str = "step",
+               log_every_s: float | None = None, disable: bool | None = None):
+    log_every_s = progress_every_s() if log_every_s is None else log_every_s
     if not total > 0:
       raise ValueError(f"RunProgress total must be > 0, got {total}.")
     if not log_every_s > 0:
@@ -276,6 +359,7 @@ class RunProgress:
     self.phase_name: str | None = None
     self._t0 = time.monotonic()
     self._last_log = self._t0
+    self._first: tuple[float, float] | None = None  # (time, computed units) after the first chunk
     interactive = sys.stderr.isatty()
     self._bar = tqdm(total=self.total, desc=desc, disable=_disabled(disable), dynamic_ncols=True,
                      mininterval=0.5 if interactive else 10.0, leave=True,
@@ -289,7 +373,17 @@ class RunProgress:
     """Counts ``units`` of computed work (they also set the rate of the ETA)."""
     self.done += units
     self.computed += units
+    if self._first is None and units > 0:
+      self._first = (time.monotonic(), self.computed)
     self._refresh(postfix)
+
+  def set_total(self, total: float) -> None:
+    """Revises the run's total units (a better estimate of work whose size is learnt as it runs)."""
+    if not total > 0:
+      raise ValueError(f"RunProgress total must be > 0, got {total}.")
+    self.total = float(total)
+    self._bar.total = self.total
+    self._refresh(None)
 
   def skip(self, units: float) -> None:
     """Counts ``units`` of work that was already done (resumed or cached)."""
@@ -306,6 +400,9 @@ class RunProgress:
       return 0.0
     if self.computed <= 0:
       return None
+    if self._first is not None and self.computed > self._first[1]:
+      t_first, units_first = self._first
+      return remaining * (time.monotonic() - t_first) / (self.computed - units_first)
     return remaining * self.elapsed() / self.computed
 
   def status(self) -> str:

@@ -115,7 +115,10 @@ def main(argv=None) -> dict:
         progress=progress)
   final = eval_fn(state, num_steps)
   plots.learning_curves(history, ["loss", "test_acc"], run.path("curves.png"),
-                        title=f"Backprop MLP on {train.name}")
+                        xlabel="training step (batches)", label=f"MLP {'-'.join(map(str, cfg.hidden))}",
+                        ylabels={"loss": "train cross-entropy (nats)",
+                                 "test_acc": "test accuracy (fraction correct)"},
+                        title=plots.run_title(run, f"Backprop MLP on {train.name}"))
   n_params = sum(x.size for x in jax.tree.leaves(state["params"]))
   results = {"dataset": train.name, "data_source": train.source, "train_examples": len(train),
              "test_examples": len(test), "epochs": cfg.epochs, "params": n_params, **final}

@@ -260,31 +260,34 @@ def _mean_std(values):
 
 def write_plots(cfg: Config, ds: Data, runs: dict, run) -> list[str]:
   metric = _metric(cfg)
-  label = "test MSE" if metric == "mse" else "test accuracy"
+  label = "test MSE (per pixel, pixels in [0, 1])" if metric == "mse" else "test accuracy (fraction correct)"
   curves = {}
   for method, rs in runs.items():
     for r in rs:
       x = [h["step"] for h in r["history"]]
       curves[f"{method.upper()} seed {r['seed']}"] = (x, [h["test_" + metric] for h in r["history"]])
-  paths = [plots.line_plot(curves, run.path("curves.png"), xlabel="step", ylabel=label,
-                           title=f"CCL vs BP, {cfg.model} on {ds.name}")]
+  paths = [plots.line_plot(curves, run.path("curves.png"), xlabel="training step (batches)", ylabel=label,
+                           title=plots.run_title(run, f"CCL vs BP, {cfg.model} on {ds.name}"))]
   if "ccl" in runs:
     hist = runs["ccl"][0]["history"]
     x = [h["step"] for h in hist]
-    for key, ylabel in (("cos", "cos(f_l, g_l^T)"), ("cka", "CKA(a_l, c_l[y])")):
+    for key, ylabel in (("cos", "cos(f_l, g_l^T) (cosine, -1 to 1)"), ("cka", "CKA(a_l, c_l[y]) (0 to 1)")):
       layers = sorted({int(k.split("_")[1]) for k in hist[-1] if k.startswith(key + "_")})
       if layers:
         series = {f"layer {l}": (x, [h[f"{key}_{l}"] for h in hist]) for l in layers}
-        paths.append(plots.line_plot(series, run.path(f"{key}.png"), xlabel="step",
-                                     ylabel=ylabel, title=f"CCL {ylabel} over training"))
+        paths.append(plots.line_plot(series, run.path(f"{key}.png"), xlabel="training step (batches)",
+                                     ylabel=ylabel, title=plots.run_title(
+                                         run, f"CCL {ylabel.split(' (')[0]} over training, seed "
+                                              f"{runs['ccl'][0]['seed']}")))
   if cfg.model == "ae":
     grid = [ds.x_test[:8]]
     for method, rs in runs.items():
       r = rs[0]
       grid.append(np.asarray(r["trainer"].model(r["params"])(jnp.asarray(ds.x_test[:8]))))
     paths.append(plots.image_grid(np.concatenate(grid), run.path("reconstructions.png"),
-                                  ncols=8, title="rows: test images, " + ", ".join(
-                                      m.upper() for m in runs) + " reconstructions"))
+                                  ncols=8, row_labels=["test images", *(m.upper() for m in runs)],
+                                  title=plots.run_title(run, "rows: test images, " + ", ".join(
+                                      m.upper() for m in runs) + " reconstructions")))
   return [pathlib.Path(p).name for p in paths]  # relative to the run directory
 
 

@@ -213,9 +213,9 @@ def bilinear_curves(cfg: Config, run) -> dict:
       out[f"{mode}/{name}"] = {"final_norm": float(norms[-1]), "spectral_radius": rho,
                                "empirical_rate": rate}
       series[f"{name} (rho={rho:.4f})"] = (np.arange(1, cfg.curve_steps + 1), norms)
-    plots.line_plot(series, run.path(f"bilinear_{mode}.png"), xlabel="step",
-                    ylabel="|(x, y)|", logy=True,
-                    title=f"min_x max_y xy, {mode}, alpha={cfg.alpha}")
+    plots.line_plot(series, run.path(f"bilinear_{mode}.png"), xlabel="iteration (player updates)",
+                    ylabel="|(x, y)| (Euclidean distance to the equilibrium)", logy=True,
+                    title=plots.run_title(run, f"min_x max_y xy, {mode} play, alpha={cfg.alpha}"))
   return out
 
 
@@ -241,12 +241,11 @@ def spectral_heatmaps(cfg: Config, run) -> list[dict]:
       ax.contour(mags, angs / math.pi, rho, levels=[1.0], colors="k", linewidths=0.8)
       ax.plot(mags[i[1]], angs[i[0]] / math.pi, "k*", ms=8)
       ax.set_title(f"{mode[:3]}, alpha={alpha}: min {rho[i]:.3f}", fontsize=9)
-      ax.set_xlabel("|beta|")
-      if col == 0:
-        ax.set_ylabel("arg beta / pi")
-  fig.colorbar(mesh, ax=axes, label="spectral radius (clipped to [0.9, 1.1]); black: rho=1")
-  fig.savefig(run.path("spectral_radius_heatmaps.png"), dpi=110)
-  plt.close(fig)
+      ax.set_xlabel("|beta| (momentum magnitude)")
+      ax.set_ylabel("arg beta / pi (phase, radians / pi)")
+  fig.colorbar(mesh, ax=axes, label="spectral radius (clipped to [0.9, 1.1]); black: rho=1, *: minimum")
+  fig.suptitle(plots.run_title(run, "spectral radius of complex momentum on min_x max_y xy"), fontsize=10)
+  plots.save(fig, run.path("spectral_radius_heatmaps.png"), tight=False)
   return best
 
 
@@ -298,12 +297,17 @@ def adversarial_sweep(cfg: Config, run) -> dict:
     out["best_rho"][name] = rho.round(6).tolist()
     series[name] = (gammas[best < cap], best[best < cap])
     rho_series[name] = (gammas, rho)
-  plots.line_plot(series, run.path("adversarial_sweep.png"), xlabel="gamma (0 cooperative, 1 adversarial)",
-                  ylabel="steps to |w| <= 1e-6 |w0|", logy=True,
-                  title=f"dim {d}, best step size and beta per class; missing = none converged in {cfg.sweep_steps}")
-  plots.line_plot(rho_series, run.path("adversarial_sweep_rho.png"), xlabel="gamma (0 cooperative, 1 adversarial)",
-                  ylabel="best spectral radius over the grid", hline=1.0, hline_label="rho = 1",
-                  title=f"dim {d}, simultaneous play, best over step sizes and betas per class")
+  plots.line_plot(series, run.path("adversarial_sweep.png"),
+                  xlabel="gamma (adversarialness: 0 cooperative, 1 adversarial)",
+                  ylabel=f"iterations to |w| <= {cfg.sweep_tol:g} |w0|", logy=True,
+                  title=plots.run_title(run, f"dim {d}, best step size and beta per class; missing: none "
+                                             f"converged in {cfg.sweep_steps}"))
+  plots.line_plot(rho_series, run.path("adversarial_sweep_rho.png"),
+                  xlabel="gamma (adversarialness: 0 cooperative, 1 adversarial)",
+                  ylabel="best spectral radius over the grid (rho < 1 converges)", hline=1.0,
+                  hline_label="rho = 1",
+                  title=plots.run_title(run, f"dim {d}, simultaneous play, best over step sizes and "
+                                             "betas per class"))
   return out
 
 

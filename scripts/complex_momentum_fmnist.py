@@ -77,6 +77,8 @@ def _g_loss(players, batch):
 
 
 GAME = games.Game((_g_loss, _d_loss))
+_UNITS = {"IS": "exp of a mean KL, 1 to 10, higher is better",
+          "FD": "squared feature distance, lower is better"}
 
 
 class FmnistGan:
@@ -205,12 +207,14 @@ def fmnist_experiment(cfg, run, methods: dict[str, tuple[float, float]], *, prog
   for key in ("IS", "FD"):
     series = {n: ([r["step"] for r in history if f"{key}/{n}" in r],
                   [r[f"{key}/{n}"] for r in history if f"{key}/{n}" in r]) for n in names}
-    plots.line_plot(series, run.path(f"fmnist_{key.lower()}.png"), xlabel="step",
-                    ylabel=f"classifier {key}", title=f"Fashion-MNIST GAN: {key} (own classifier)",
+    plots.line_plot(series, run.path(f"fmnist_{key.lower()}.png"), xlabel="training step (G and D updates)",
+                    ylabel=f"classifier {key} ({_UNITS[key]})",
+                    title=plots.run_title(run, f"Fashion-MNIST GAN: {key} (own classifier)"),
                     hline=reference[key], hline_label=f"real images ({reference[key]:.2f})")
   grid = (imgs[:, :16].reshape(-1, 28, 28) + 1.0) / 2.0
   plots.image_grid(grid, run.path("fmnist_samples.png"), ncols=16,
-                   row_labels=names, title="Fashion-MNIST GAN samples (one row per optimizer)")
+                   row_labels=names,
+                   title=plots.run_title(run, "Fashion-MNIST GAN samples (one row per optimizer)"))
   return {"classifier_accuracy": acc, "real_reference": reference,
           "methods": {n: {"beta1": list(methods[n]), **final[n]} for n in names},
           "history": [{k: v for k, v in r.items() if k != "chunk_s"} for r in history]}  # no timing

@@ -264,12 +264,13 @@ def gan_experiment(cfg, run, methods: dict[str, tuple[float, float]], progress=N
   shape = (setup.num_methods, setup.num_seeds)
   window = {"modes": np.asarray(acc["modes"]).reshape(shape) / count,
             "hq": np.asarray(acc["hq"]).reshape(shape) / count}
-  for key, label in (("modes", "modes covered (of 8)"), ("hq", "high-quality fraction")):
+  for key, label in (("modes", "modes covered (count, of 8)"),
+                     ("hq", "high-quality fraction (of generated samples)")):
     series = {name: ([r["step"] for r in history if f"{key}/{name}" in r],
                      [r[f"{key}/{name}"] for r in history if f"{key}/{name}" in r]) for name in methods}
-    plots.line_plot(series, run.path(f"gan_{key}.png"), xlabel="step", ylabel=label,
-                    title=f"8-Gaussian GAN, mean over {cfg.gan_seeds} seeds")
-  _plot_gan_samples(cfg, setup, state, list(methods), run.path("gan_samples.png"))
+    plots.line_plot(series, run.path(f"gan_{key}.png"), xlabel="training step (G and D updates)",
+                    ylabel=label, title=plots.run_title(run, f"8-Gaussian GAN, mean over {cfg.gan_seeds} seeds"))
+  _plot_gan_samples(cfg, setup, state, list(methods), run.path("gan_samples.png"), run)
   out = {}
   for j, name in enumerate(methods):
     out[name] = {"beta1": list(methods[name]), "modes": modes[j].tolist(),
@@ -282,21 +283,24 @@ def gan_experiment(cfg, run, methods: dict[str, tuple[float, float]], progress=N
           "history": [{k: v for k, v in r.items() if k != "chunk_s"} for r in history]}  # no timing
 
 
-def _plot_gan_samples(cfg, setup, state, names, path):
+def _plot_gan_samples(cfg, setup, state, names, path, run):
   """Samples of the first seed of each optimizer over the real data."""
   z = jax.random.normal(jax.random.key(7), (1000, cfg.gan_z_dim))
   real = np.asarray(real_batch(jax.random.key(8), 1000))
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  from paperlab import plots  # pylint: disable=g-import-not-at-top
   fig, axes = plt.subplots(1, len(names), figsize=(3.4 * len(names), 3.4), squeeze=False)
   for j, name in enumerate(names):
     gen = jax.tree.map(lambda x, j=j: x[j * setup.num_seeds], setup.scored_generator(state))
     fake = np.asarray(mlp(gen, z))
     ax = axes[0, j]
-    ax.scatter(real[:, 0], real[:, 1], s=2, c="lightgray")
-    ax.scatter(fake[:, 0], fake[:, 1], s=2, c="C0")
+    ax.scatter(real[:, 0], real[:, 1], s=2, c="lightgray", label="real data")
+    ax.scatter(fake[:, 0], fake[:, 1], s=2, c="C0", label="generated")
     ax.set_xlim(-3, 3)
     ax.set_ylim(-3, 3)
+    ax.set_xlabel("x1 (data units)")
+    ax.set_ylabel("x2 (data units)")
     ax.set_title(name, fontsize=8)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+    ax.legend(fontsize=7, loc="upper right", markerscale=4)
+  fig.suptitle(plots.run_title(run, "8-Gaussian GAN samples (first seed, last step)"), fontsize=9)
+  plots.save(fig, path)

@@ -384,14 +384,17 @@ def main() -> None:
 
 def _report(cfg: Config, run, main_runs: list[dict], sweep: list[dict]) -> None:
   plots.line_plot({r["arm"]: tuple(zip(*r["curve"])) for r in main_runs},
-                  run.path("val_loss.png"), xlabel="step", ylabel="validation loss (nats/char)",
-                  title=f"char GPT d={cfg.d_model} L={cfg.layers}, batch {cfg.batch_size}")
+                  run.path("val_loss.png"), xlabel="training step", ylabel="validation loss (nats/char)",
+                  title=plots.run_title(run, f"char GPT d={cfg.d_model} L={cfg.layers}, "
+                                             f"batch {cfg.batch_size}: validation loss"))
   by_arm: dict[str, list[tuple[int, float]]] = {}
   for r in sorted(sweep, key=lambda r: r["batch_size"]):
     by_arm.setdefault(r["arm"], []).append((r["batch_size"], r["final_val_loss"]))
   plots.line_plot({arm: tuple(zip(*pts)) for arm, pts in by_arm.items()},
-                  run.path("batch_sweep.png"), xlabel="batch size (same tokens)",
-                  ylabel="final validation loss", title="batch-size sweep", logx=True)
+                  run.path("batch_sweep.png"), xlabel="batch size (sequences per step, same tokens)",
+                  ylabel="final validation loss (nats/char)", logx=True,
+                  xticks=sorted({b for pts in by_arm.values() for b, _ in pts}),
+                  title=plots.run_title(run, "batch-size sweep at a fixed token budget"))
   table = ["| arm | final val loss | best val loss | optimizer ms/step | train s |",
            "|---|---|---|---|---|"]
   table += [f"| {r['arm']} | {r['final_val_loss']:.4f} | {r['best_val_loss']:.4f} | "

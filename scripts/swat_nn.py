@@ -38,17 +38,21 @@ DEPTHS = tuple(range(1, encoding.MAX_DEPTH + 1))
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-  """SWAT-NN experiment."""
+  """SWAT-NN experiment.
 
-  # Autoencoder (the paper: GPT-2 small stacks, Adam 1e-4, batch 64, 1000 points, functional loss only).
-  d_model: int = 64
-  num_heads: int = 4
-  enc_layers: int = 1
-  dec_layers: int = 1
-  mlp_ratio: int = 4
-  ae_steps: int = 3000
+  Sections: the autoencoder (the paper: GPT-2 small stacks, Adam 1e-4, batch
+  64, 1000 points, functional loss only), the latent search (the paper: 8001
+  steps, warm-up and annealing 3000) and the baselines.
+  """
+
+  d_model: int = 64  # autoencoder token width (the paper: GPT-2 small, 768)
+  num_heads: int = 4  # attention heads per autoencoder block
+  enc_layers: int = 1  # transformer blocks of the encoder
+  dec_layers: int = 1  # transformer blocks of each of the four depth decoders
+  mlp_ratio: int = 4  # MLP width of a transformer block / d_model
+  ae_steps: int = 3000  # autoencoder training steps (the paper: Adam 1e-4, batch 64)
   ae_batch: int = 32  # random teachers per step
-  ae_points: int = 128  # shared input points per step
+  ae_points: int = 128  # shared input points per step (the paper: 1000)
   ae_lr: float = 3e-3  # peak learning rate
   ae_warmup: int = 100  # linear learning-rate warm-up steps (0: none)
   ae_cosine: bool = True  # cosine decay to 5% of ae_lr after the warm-up (False: constant)
@@ -57,27 +61,25 @@ class Config:
   functional_weight: float = 0.01  # weight of the functional loss (the paper: 1)
   recon_weight: float = 1.0  # weight of the weight-reconstruction loss (the paper: 0, no such term)
   heldout_nets: int = 64  # held-out random MLPs per depth for the functional-loss curve
-  # Latent search (the paper: 8001 steps, warm-up and annealing 3000).
-  functions: tuple[str, ...] = tuple(fns.FUNCTIONS)
-  n_train: int = 3750
-  n_test: int = 1250
-  search_steps: int = 1000
-  search_warmup: int = 400
-  anneal_steps: int = 400
-  lr_z: float = 0.1
-  lr_t: float = 1e-3
-  # Baselines.
-  dense_steps: int = 1000  # full-batch Adam steps (the search's budget)
-  dense_lr: float = 1e-2
-  dense_activation: str = "tanh"
+  functions: tuple[str, ...] = tuple(fns.FUNCTIONS)  # 2-D benchmark functions to search on
+  n_train: int = 3750  # training points per function
+  n_test: int = 1250  # test points per function
+  search_steps: int = 1000  # latent search steps per depth (the paper: 8001)
+  search_warmup: int = 400  # the best latent is kept from steps >= this (the paper: 3000)
+  anneal_steps: int = 400  # steps of the activation-temperature annealing (the paper: 3000)
+  lr_z: float = 0.1  # Adam learning rate of the latent code
+  lr_t: float = 1e-3  # Adam learning rate of the pruning threshold
+  dense_steps: int = 1000  # dense baseline: full-batch Adam steps (the search's budget)
+  dense_lr: float = 1e-2  # dense baseline: Adam learning rate
+  dense_activation: str = "tanh"  # dense baseline: activation of every hidden unit
   finetune_steps: int = 300  # Adam steps after magnitude pruning (mask fixed)
   search_seeds: int = 1  # independent searches (latent inits) per function, vmapped together
   # The paper's ablation: a second autoencoder trained on teachers that all use dense_activation,
   # searched with that activation fixed (weights and architecture only).
-  fixed_activation_ablation: bool = False
-  seed: int = 0
-  log_every: int = 50
-  checkpoint_every: int = 500
+  fixed_activation_ablation: bool = False  # also run the fixed-activation ablation
+  seed: int = 0  # seed of the teachers, the autoencoder, the datasets and the search
+  log_every: int = 50  # autoencoder steps per metrics record
+  checkpoint_every: int = 500  # autoencoder steps per checkpoint (a multiple of log_every)
 
   def ae_config(self) -> ae.AEConfig:
     return ae.AEConfig(self.d_model, self.num_heads, self.enc_layers, self.dec_layers, self.mlp_ratio)
@@ -471,21 +473,25 @@ def _write_figures(cfg, run, history, rows, data, found, chosen_depth) -> None:
   plots.line_plot({"mean MSE": (steps, [r["heldout_loss"] for r in heldout]),
                    "median MSE": (steps, [r["heldout_loss_median"] for r in heldout]),
                    "mean MSE / (var + 1)": (steps, [r["heldout_loss_normalized"] for r in heldout])},
-                  run.path("ae_heldout_loss.png"), xlabel="autoencoder step", logy=True,
-                  ylabel="min-over-decoders loss", title="Functional loss on held-out random MLPs")
+                  run.path("ae_heldout_loss.png"), xlabel="autoencoder training step", logy=True,
+                  ylabel="min-over-decoders functional loss (MSE of outputs)",
+                  title=plots.run_title(run, "Functional loss on held-out random MLPs"))
   order = np.argsort([r["swat_test_mse"] for r in rows])
   picks = list(dict.fromkeys([int(i) for i in order[:3]] + [int(order[-1])]))  # 3 best fits, the worst
   nets = [jax.tree.map(lambda v, i=i: v[i], found[int(chosen_depth[i])]["nets"]) for i in picks]
-  figures.architectures(nets, [rows[i]["function"] for i in picks], run.path("architectures.png"))
-  figures.surfaces(nets, [data[i] for i in picks], run.path("surfaces.png"))
+  figures.architectures(nets, [rows[i]["function"] for i in picks], run.path("architectures.png"),
+                        title=plots.run_title(run, "Found architectures (3 best fits, the worst)"))
+  figures.surfaces(nets, [data[i] for i in picks], run.path("surfaces.png"),
+                   title=plots.run_title(run, "Targets and found models"))
   every = cfg.search_config().record_every
   series = {}
   for i in picks:
     y = np.asarray(found[int(chosen_depth[i])]["trace"]["mse"][i])
     series[f"{rows[i]['function']} (depth {rows[i]['depth']})"] = (np.arange(1, len(y) + 1) * every, y)
   plots.line_plot(series,
-                  run.path("search_mse.png"), xlabel="search step", ylabel="train MSE (soft model)",
-                  title="Latent search at the chosen depth", logy=True)
+                  run.path("search_mse.png"), xlabel="latent search step",
+                  ylabel="train MSE of the soft model (scaled targets)",
+                  title=plots.run_title(run, "Latent search at the chosen depth"), logy=True)
 
 
 if __name__ == "__main__":

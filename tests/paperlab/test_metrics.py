@@ -93,4 +93,38 @@ def test_run_progress_eta_skip_and_log_lines(caplog):
   for bad in (0, -1):
     with pytest.raises(ValueError, match="total"):
       metrics.RunProgress(bad)
+
+
+def test_run_progress_eta_leaves_out_the_first_chunk():
+  import time  # pylint: disable=g-import-not-at-top
+  with metrics.RunProgress(100, disable=True) as bar:
+    time.sleep(0.5)  # start-up and the first compilation
+    bar.advance(10)
+    first = bar.eta()
+    assert first is not None and first > 3.0  # 90 units at 10 per 0.5 s
+    time.sleep(0.05)
+    bar.advance(10)  # later chunks are fast: the ETA follows them
+    assert bar.eta() < 0.05 * 80 / 10 * 3, bar.eta()
   assert metrics.format_seconds(3725) == "1:02:05" and metrics.format_seconds(None) == "?"
+
+
+def test_heartbeat_fills_silent_phases_and_progress_interval_from_env(caplog, monkeypatch):
+  import logging  # pylint: disable=g-import-not-at-top
+  import time  # pylint: disable=g-import-not-at-top
+  with caplog.at_level(logging.INFO):
+    metrics.start_heartbeat("toy", every_s=0.2)
+    try:
+      logging.getLogger("toy").info("loading the data")
+      time.sleep(0.7)  # a silent phase outside any RunProgress
+    finally:
+      metrics.stop_heartbeat()
+  beats = [r.getMessage() for r in caplog.records if r.getMessage().startswith("progress: toy still")]
+  assert len(beats) >= 2 and "last: loading the data" in beats[0], beats
+  monkeypatch.setenv(metrics.PROGRESS_ENV, "0.5")
+  assert metrics.progress_every_s() == 0.5
+  with metrics.RunProgress(10, disable=True) as bar:
+    assert bar.log_every_s == 0.5
+  for bad in ("0", "soon"):
+    monkeypatch.setenv(metrics.PROGRESS_ENV, bad)
+    with pytest.raises(ValueError, match="PAPERLAB_PROGRESS_EVERY_S"):
+      metrics.progress_every_s()

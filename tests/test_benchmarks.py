@@ -1,0 +1,81 @@
+"""benchmarks/: results.md is generated with provenance; no hand-written machine names; gpu.py --smoke runs."""
+
+import json
+import pathlib
+import re
+import subprocess
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import common_timing  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
+import run as bench_run  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
+
+CPU_NAMES = re.compile(r"\b(EPYC|Xeon|Ryzen|Core\(TM\)|Threadripper|Graviton|Neoverse)\b")
+
+
+def test_results_md_is_rendered_from_results_json():
+  results = json.loads((ROOT / "benchmarks" / "results.json").read_text())
+  assert (ROOT / "benchmarks" / "results.md").read_text() == bench_run.render_all(results), (
+      "benchmarks/results.md differs from results.json: regenerate it (python benchmarks/run.py "
+      "--render), never edit it by hand")
+
+
+def test_every_table_states_its_provenance():
+  result = {"title": "t", "rows": [{"a": 1}], "notes": "n"}
+  assert "Provenance: not recorded" in bench_run.render(result, "toy")
+  result["provenance"] = bench_run.provenance("toy", result)
+  text = bench_run.render(result, "toy")
+  prov = result["provenance"]
+  for value in ("python benchmarks/run.py toy", prov["machine"], f"jax {prov['jax']}", prov["date"]):
+    assert value in text
+  result["command"] = "taskset -c 0 python benchmarks/run.py toy"
+  assert bench_run.provenance("toy", result)["command"] == result["command"]
+  for name, res in json.loads((ROOT / "benchmarks" / "results.json").read_text()).items():
+    assert "Provenance:" in bench_run.render(res, name)
+
+
+def test_machine_is_read_from_cpuinfo():
+  cpuinfo = pathlib.Path("/proc/cpuinfo")
+  if not cpuinfo.exists():
+    pytest.skip("no /proc/cpuinfo")
+  text = cpuinfo.read_text()
+  model = re.search(r"^model name\s*:\s*(.+)$", text, re.M)
+  if model:
+    assert common_timing.cpu_name().startswith(model[1].strip())
+  if re.search(r"^flags\s*:.*\bavx512f\b", text, re.M):
+    assert "AVX-512" in common_timing.cpu_name()
+  assert common_timing.machine().startswith(common_timing.cpu_name())
+
+
+def test_docs_name_no_cpu_model_by_hand():
+  """Machine names come from the provenance lines of results.md (hosts differ between runs)."""
+  offenders = []
+  for path in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+    for i, line in enumerate(path.read_text().splitlines(), 1):
+      if CPU_NAMES.search(line):
+        offenders.append(f"{path.relative_to(ROOT)}:{i}: {line.strip()[:100]}")
+  assert not offenders, "\n".join(offenders)
+
+
+@pytest.mark.slow
+def test_gpu_check_smoke_mode_runs_every_section(tmp_path):
+  proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu.py"), "--smoke", "--out", str(tmp_path)],
+                        capture_output=True, text=True, timeout=600, check=False,
+                        env={**__import__("os").environ, "JAX_PLATFORMS": "cpu"})
+  assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+  result = json.loads((tmp_path / "gpu_results_smoke.json").read_text())
+  assert result["device"] and result["jax"] and result["date"] and result["smoke"]
+  assert set(result["sections"]) == {"dion", "complex_momentum", "fed_round", "fedast_jobs", "sweep"}
+  for name, sec in result["sections"].items():
+    assert sec["status"] == "ok" or sec["status"].startswith("skipped: "), (name, sec["status"])
+  for name in ("dion", "complex_momentum", "fed_round"):  # on main: these pieces exist
+    sec = result["sections"][name]
+    assert sec["status"] == "ok" and sec["rows"], name
+    assert all(isinstance(r["ms (median)"], float) or str(r["ms (median)"]).startswith("skipped: ")
+               for r in sec["rows"]), sec["rows"]
+  md = (tmp_path / "gpu_results_smoke.md").read_text()
+  assert result["device"] in md and "## dion" in md
