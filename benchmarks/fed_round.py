@@ -55,10 +55,6 @@ from fed import algorithms as alg  # noqa: E402
 from fed import personalization as pz  # noqa: E402
 from fed import simulate as sim  # noqa: E402
 
-try:
-  from benchmarks.common_timing import machine
-except ImportError:  # run as a plain script
-  from common_timing import machine
 
 NUM_CLIENTS, EXAMPLES, BATCH, HIDDEN = 1000, 64, 32, 256
 SAMPLED = (100, 1000)
@@ -208,7 +204,7 @@ def run(sampled=SAMPLED, repeats: int = 5, passes: int = 2) -> dict:
                     f"{flops_per_client() / 1e6:.1f} MFLOP per client at {rate / 1e9:.0f} GFLOP/s (the "
                     "GEMM rate measured in our processes). FedJAX runs jax "
                     f"{theirs[0]['versions']['jax'] if theirs else '-'}, ours jax {jax.__version__}."
-                    f"{fedjax_note} Machine: {machine()} (shared with other jobs).")}
+                    f"{fedjax_note} The machine was shared with other jobs.")}
 
 
 if __name__ == "__main__":

@@ -191,7 +191,7 @@ def fed_round_section(sizes: dict) -> list[dict]:
     mask = jnp.ones((clients, steps, batch), bool)
     data = fed.ClientData(x, y, mask, mask.sum((1, 2)))
     times = {}
-    for label, chunk in [("whole round, one vmap", None)] + [(f"chunks of {c}", c) for c in sizes["chunks"]
+    for label, chunk in [("whole round, one vmap", clients)] + [(f"chunks of {c}", c) for c in sizes["chunks"]
                                                               if c < clients]:
       algo = fed.fedavg(_mlp_loss, part, optax.sgd(0.1), optax.sgd(1.0), clients_per_round=clients,
                         chunk_size=chunk)

@@ -60,7 +60,7 @@ _NO_CAP = np.iinfo(np.int32).max
 # Clients per vmap when none is given, per backend: the fastest setting measured by
 # `benchmarks/fed_round.py` (see docs/fed_partial.md). None: the whole client axis at once
 # (not measured on accelerators here; there a larger vmap keeps the device busy).
-DEFAULT_CHUNK_SIZE = {"cpu": 5}
+DEFAULT_CHUNK_SIZE = {"cpu": 2}
 
 
 def default_chunk_size(backend: str | None = None) -> int | None:
