@@ -18,7 +18,8 @@ def test_script_tiny_run(tmp_path):
          "--workdir", str(workdir), "--parts", "sweep", "gan",
          "--sweep-gammas", "2", "--sweep-lrs", "0.1", "--sweep-steps", "50",
          "--gan-seeds", "1", "--gan-steps", "20", "--gan-eval-every", "10",
-         "--gan-samples", "100", "--seeds", "0:2"]
+         "--gan-samples", "100", "--seeds", "0:2", "--gan-hidden", "8", "--gan-batch", "16",
+         "--gan-sn-iters", "1"]
   env = dict(os.environ, TQDM_DISABLE="1")
   proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, check=False)
   assert proc.returncode == 0, proc.stderr[-3000:]
