@@ -197,7 +197,7 @@ def fed_round_section(sizes: dict) -> list[dict]:
                         chunk_size=chunk)
       state = algo.init(params, clients, jax.random.key(0))
       try:
-        times[label] = _median_ms(lambda a=algo, s=state: a.round(s, data)[0].shared, sizes["repeats"])
+        times[label] = _median_ms(lambda a=algo, s=state, d=data: a.round(s, d)[0].shared, sizes["repeats"])
       except Exception as e:  # pylint: disable=broad-except  (e.g. out of device memory)
         rows.append({"variant": f"{clients} clients, {label}", "ms (median)": f"skipped: {type(e).__name__}: "
                      f"{str(e).splitlines()[0][:160]}"})
