@@ -1,31 +1,35 @@
-"""Seconds per FedAvg round: vmapped client axis vs a Python loop over clients.
+"""CPU seconds per FedAvg round on one CPU core: our round vs FedJAX 0.0.17 and the FLOP floor.
 
-Setup (as in the FedJAX measurement of specs/fed.md, section f): synthetic
-MNIST-shaped data, 1000 clients x 64 examples, a 784-256-10 MLP, client SGD
-0.1 with batch 32 for one epoch (2 local steps), server SGD 1.0, weights by
-example count; 10, 100 and 1000 clients sampled per round.
+Workload (the FedJAX measurement of specs/fed.md, section f): synthetic
+MNIST-shaped data, 1000 clients x 64 examples, a 784-256-10 ReLU MLP, client
+SGD 0.1 with batch 32 for one epoch (2 local steps), server SGD 1.0, deltas
+weighted by example count; 100 and 1000 clients sampled per round.
 
-Variants, all running `fed.algorithms.FedAlgorithm` with the same maths:
+Variants of `fed.algorithms.FedAlgorithm` (same maths; every variant's new
+server params are checked against the loop's):
 
 * **python loop**: `FedAlgorithm.loop_round`, a Python loop over clients and
-  steps of one jitted local step (the way FedJAX's default backend runs
-  clients), deltas summed by a jitted add;
-* **vmap, one**: `FedAlgorithm.round` with the whole sampled-client axis in one
-  `vmap` (every client's weights, gradients and deltas materialised at once);
-* **vmap, chunks of 2 / 5**: the same round, a `lax.scan` over chunks of 2
-  or 5 clients, one `vmap` per chunk, deltas accumulated in the scan carry
-  (each client gathers its own batches from the device-resident data). Small
-  chunks win on CPU: a client's weights are 0.8 MB, and a chunk's weights,
-  gradients and deltas stay in the 2 MB L2 cache (chunks of 10 or more fall
-  out of it and lose about a third of the speed);
-* **vmap, chunks of 2, N devices**: the chunks-of-2 round with the sampled
-  clients sharded over N CPU devices (`mesh=` with a 'clients' axis), one
-  device per core. The benchmark runs in a process with one CPU device per
-  core (it re-runs itself in a subprocess when needed); the other variants use
-  the first device only.
+  steps of one jitted local step (FedJAX's default backend, written with our
+  code);
+* **default**: `FedAlgorithm.round` with ``chunk_size=None``, i.e. the
+  backend's `fed.simulate.default_chunk_size`;
+* **chunks of k**: the same round, a `lax.scan` over chunks of k clients, one
+  `vmap` per chunk; **one vmap** puts every sampled client in one `vmap`.
 
-Every variant's new server params are checked against the loop's. Times are
-medians of repeated rounds in one process; compare within a row.
+**FedJAX** is `fedjax.algorithms.fed_avg` 0.0.17 (default jit backend) on the
+same data, run by `benchmarks/_fedjax_round.py` with FedJAX's own interpreter
+(``$FEDJAX_PYTHON``, default ``/work/fedjaxenv/bin/python``; install lines in
+the notes). Both sides run in their own processes pinned to one core
+(``taskset -c 0``), single-threaded (``OMP_NUM_THREADS=1``, XLA's
+``--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1``),
+alternating ours / FedJAX / ours / FedJAX; times are process CPU seconds
+(one thread, so the time the round computed, not the time it waited for the
+shared core). The FLOP floor is the round's
+matmul FLOPs (forward and weight-gradient products of both layers, the input
+gradient of the output layer) at the GEMM rate measured in the same process
+(a (1024 x 784) @ (784 x 256) product, best of 20).
+
+    python benchmarks/run.py fed_round
 """
 
 from __future__ import annotations
@@ -33,7 +37,9 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import shutil
 import statistics
+import subprocess
 import sys
 import time
 
@@ -41,21 +47,37 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.sharding import NamedSharding, PartitionSpec
 
-from paperlab import mesh as mesh_lib
-from fed import algorithms as alg
-from fed import personalization as pz
-from fed import simulate as sim
+HERE = pathlib.Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+from fed import algorithms as alg  # noqa: E402
+from fed import personalization as pz  # noqa: E402
+from fed import simulate as sim  # noqa: E402
 
 try:
-  from benchmarks.common_timing import machine, run_with_cpu_devices
+  from benchmarks.common_timing import machine
 except ImportError:  # run as a plain script
-  from common_timing import machine, run_with_cpu_devices
+  from common_timing import machine
 
 NUM_CLIENTS, EXAMPLES, BATCH, HIDDEN = 1000, 64, 32, 256
-SAMPLED = (10, 100, 1000)
-CHUNKS = (2, 5)
+SAMPLED = (100, 1000)
+CHUNKS = (1, 2, 3, 5, 8, 10)
+FEDJAX_PYTHON = os.environ.get("FEDJAX_PYTHON", "/work/fedjaxenv/bin/python")
+FEDJAX_INSTALL = ("python3.11 -m venv /work/fedjaxenv && /work/fedjaxenv/bin/pip install jax==0.10.2 "
+                  "jaxlib==0.10.2 fedjax==0.0.17 --no-deps && /work/fedjaxenv/bin/pip install numpy "
+                  "scipy ml_dtypes opt_einsum dm-haiku optax chex jmp dm-tree immutabledict toolz "
+                  "tabulate absl-py msgpack typing_extensions requests")
+ONE_THREAD = {"OMP_NUM_THREADS": "1", "JAX_PLATFORMS": "cpu",
+              "XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"}
+
+
+def flops_per_client() -> int:
+  """Matmul FLOPs of one client's local training (2 steps of batch 32)."""
+  steps = EXAMPLES // BATCH
+  layers = 784 * HIDDEN + HIDDEN * 10
+  per_step = 2 * BATCH * layers * 2 + 2 * BATCH * HIDDEN * 10  # forward + weight grads + dgrad of out
+  return steps * per_step
 
 
 def _problem():
@@ -76,96 +98,124 @@ def _loss(p, x, y):
   return optax.softmax_cross_entropy_with_integer_labels(h @ p["out"]["w"] + p["out"]["b"], y)
 
 
-def _timed_side_by_side(variants: dict, repeats: int) -> dict[str, tuple[list, list]]:
-  """Wall and process-CPU seconds per call, the variants interleaved within each repeat."""
-  for fn in variants.values():
-    jax.block_until_ready(fn())  # warm-up
-  times = {name: ([], []) for name in variants}
-  for _ in range(repeats):
-    for name, fn in variants.items():
-      t, c = time.perf_counter(), time.process_time()
-      jax.block_until_ready(fn())
-      times[name][0].append(time.perf_counter() - t)
-      times[name][1].append(time.process_time() - c)
-  return times
+def gemm_rate() -> float:
+  """FLOP/s of a (1024 x 784) @ (784 x 256) float32 product in this process (best of 20)."""
+  a = jnp.ones((1024, 784), jnp.float32)
+  b = jnp.ones((784, HIDDEN), jnp.float32)
+  f = jax.jit(lambda a, b: a @ b)
+  f(a, b).block_until_ready()
+  best = min(_wall(lambda: f(a, b)) for _ in range(20))
+  return 2 * 1024 * 784 * HIDDEN / best
 
 
-def _measure(sampled=SAMPLED, repeats: int = 7) -> dict:
+def _wall(fn) -> float:
+  t = time.perf_counter()
+  jax.block_until_ready(fn())
+  return time.perf_counter() - t
+
+
+def _seconds(fn) -> float:
+  """Process CPU seconds of ``fn()`` (one thread: steadier than wall time on a shared host)."""
+  t = time.process_time()
+  jax.block_until_ready(fn())
+  return time.process_time() - t
+
+
+def measure_ours(sampled=SAMPLED, chunks=CHUNKS, repeats: int = 5) -> dict:
+  """``{m: {variant: [seconds per round, ...]}}`` plus the GEMM rate, in this process."""
   data, params = _problem()
-  device_data = sim.ClientData(*(jnp.asarray(a) for a in data))
+  data = sim.ClientData(*(jnp.asarray(a) for a in data))
   part = pz.Partition(params, pz.label_params(params, "none"))
-  devices = jax.device_count()
-  mesh = mesh_lib.make_mesh({mesh_lib.CLIENTS: devices}) if devices > 1 else None
-  # Every device holds all clients' data (sampled clients can be anywhere).
-  mesh_data = (jax.device_put(device_data, NamedSharding(mesh, PartitionSpec()))
-               if mesh is not None else None)
-  rows = []
+  out = {"gemm_flops": gemm_rate(), "default_chunk_size": sim.default_chunk_size(), "times": {}}
   for m in sampled:
-    def make(chunk, mesh=None):
-      a = alg.FedAlgorithm(_loss, part, alg.phases("fedavg", optax.sgd(0.1)),
-                           alg.server_optimizer("sgd", 1.0), clients_per_round=m, chunk_size=chunk,
-                           mesh=mesh)
-      return a, a.init(params, NUM_CLIENTS, jax.random.key(0))
-    loop_algo, state = make(None)
-    variants = {"python loop": lambda: loop_algo.loop_round(state, device_data)[0].shared}
-    for label, chunk in [("vmap, one", None)] + [(f"vmap, chunks of {c}", c) for c in CHUNKS]:
-      variants[label] = (lambda a: lambda: a.round(state, device_data)[0].shared)(make(chunk)[0])
-    if mesh is not None:
-      variants[f"vmap, chunks of {CHUNKS[0]}, {devices} devices"] = (
-          lambda a: lambda: a.round(state, mesh_data)[0].shared)(make(CHUNKS[0], mesh)[0])
+    def make(chunk):
+      return alg.FedAlgorithm(_loss, part, alg.phases("fedavg", optax.sgd(0.1)),
+                              alg.server_optimizer("sgd", 1.0), clients_per_round=m,
+                              chunk_size=chunk)
+    loop_algo = make(None)
+    state = loop_algo.init(params, NUM_CLIENTS, jax.random.key(0))
+    variants = {"python loop": lambda: loop_algo.loop_round(state, data)[0].shared}
+    for label, chunk in ([("default", None)] + [(f"chunks of {c}", c) for c in chunks]
+                         + ([("one vmap", m)] if m <= 100 else [])):  # 1000: GBs of client copies
+      variants[label] = (lambda a: lambda: a.round(state, data)[0].shared)(make(chunk))
     reference = variants["python loop"]()
-    row = {"clients / round": m}
     for name, fn in variants.items():
       diff = max(float(jnp.max(jnp.abs(a - b))) for a, b in
                  zip(jax.tree.leaves(fn()), jax.tree.leaves(reference)))
       if diff > 1e-4:
         raise AssertionError(f"{name} differs from the loop by {diff} at {m} clients.")
-    times = _timed_side_by_side(variants, repeats if m < 1000 else max(3, repeats // 2))
-    for name in variants:
-      row[f"{name} (s)"] = round(statistics.median(times[name][0]), 4)
+      jax.block_until_ready(fn())  # second warm-up
+    times = {name: [] for name in variants}
+    for _ in range(repeats if m < 1000 else max(2, repeats // 2)):
+      for name, fn in variants.items():
+        times[name].append(_seconds(fn))
+    out["times"][str(m)] = times
+  return out
 
-    def ratio(name, kind):  # median over repeats of loop / variant, within each repeat
-      loop_t, var_t = times["python loop"][kind], times[name][kind]
-      return round(statistics.median(a / b for a, b in zip(loop_t, var_t)), 2)
-    for name in list(variants)[1:]:
-      row[f"speed-up, {name.removeprefix('vmap, ')}"] = ratio(name, 0)
-    best = max((f"vmap, chunks of {c}" for c in CHUNKS), key=lambda n: ratio(n, 1))
-    row["CPU-time speed-up, best chunks, 1 device"] = ratio(best, 1)
-    row["CPU ms / client, best chunks, 1 device"] = round(
-        1e3 * statistics.median(times[best][1]) / m, 2)
+
+def _pinned(cmd: list[str]) -> list[str]:
+  return (["taskset", "-c", "0"] if shutil.which("taskset") else []) + cmd
+
+
+def _json_of(cmd: list[str]) -> dict:
+  out = subprocess.run(_pinned(cmd), env=dict(os.environ, **ONE_THREAD), check=True,
+                       capture_output=True, text=True, cwd=HERE.parent).stdout
+  return json.loads(out.strip().splitlines()[-1])
+
+
+def run(sampled=SAMPLED, repeats: int = 5, passes: int = 2) -> dict:
+  """Ours and FedJAX in alternating pinned single-thread processes; medians over all repeats."""
+  have_fedjax = pathlib.Path(FEDJAX_PYTHON).exists()
+  ours, theirs = [], []
+  for _ in range(passes):
+    ours.append(_json_of([sys.executable, str(HERE / "fed_round.py"), "--json", str(repeats)]))
+    if have_fedjax:
+      theirs.append(_json_of([FEDJAX_PYTHON, str(HERE / "_fedjax_round.py"),
+                              ",".join(map(str, sampled)), str(repeats)]))
+  rate = statistics.median(o["gemm_flops"] for o in ours)
+  floor_per_client = flops_per_client() / rate
+  rows = []
+  for m in sampled:
+    times = {name: [t for o in ours for t in o["times"][str(m)][name]]
+             for name in ours[0]["times"][str(m)]}
+    med = {name: statistics.median(t) for name, t in times.items()}
+    floor = m * floor_per_client
+    row = {"clients / round": m}
+    if theirs:
+      med["FedJAX 0.0.17"] = statistics.median(t for o in theirs for t in o["fedjax"][str(m)])
+    for name, t in med.items():
+      row[f"{name} (s)"] = round(t, 4)
+    row["FLOP floor (s)"] = round(floor, 4)
+    row["default / floor"] = round(med["default"] / floor, 2)
+    if theirs:
+      row["FedJAX / default"] = round(med["FedJAX 0.0.17"] / med["default"], 2)
+    fastest = min((n for n in med if n.startswith("chunks of")), key=med.get)
+    row["fastest chunking"] = fastest
     rows.append(row)
-  return {"rows": rows, "devices": devices, "machine": machine()}
-
-
-def run(sampled=SAMPLED, repeats: int = 7) -> dict:
-  """Measures in a process with one CPU device per core (a subprocess if needed)."""
-  cores = os.cpu_count() or 1
-  if jax.device_count() >= cores or jax.default_backend() != "cpu":
-    measured = _measure(sampled, repeats)
-  else:
-    measured = run_with_cpu_devices(__file__, cores)
-  devices = measured["devices"]
-  sharded = (f" The last variant shards the sampled clients over the process's {devices} CPU "
-             "devices (the 'clients' mesh axis; every device holds all clients' data), one "
-             "device per core, so both cores work on separate clients; the other variants and "
-             "the loop run on one device, whose XLA ops use both cores."
-             if devices > 1 else "")
-  return {"title": "FedAvg round: vmapped client axis vs Python loop over clients (784-256-10 MLP)",
-          "rows": measured["rows"],
-          "notes": (f"{NUM_CLIENTS} clients x {EXAMPLES} examples, batch {BATCH}, 1 epoch "
-                    "(2 local steps), client SGD 0.1, server SGD 1.0. One process, variants "
-                    f"interleaved: {repeats} repeats ({max(3, repeats // 2)} at 1000 clients) "
-                    "after a warm-up; times are medians, speed-ups medians of the per-repeat "
-                    "ratios to the loop; every variant's server "
-                    "params equal the loop's to 1e-4. Wall times on a shared machine inflate "
-                    "long calls; the CPU-time columns (process CPU seconds, all threads) "
-                    f"are steadier.{sharded} Machine: {measured['machine']}.")}
+  fedjax_note = (f" FedJAX install (its own venv, never the project's): `{FEDJAX_INSTALL}`; "
+                 "the runner aliases `jax.tree_map = jax.tree_util.tree_map`."
+                 if theirs else f" FedJAX not found at {FEDJAX_PYTHON} (set FEDJAX_PYTHON); "
+                 f"install with `{FEDJAX_INSTALL}`.")
+  return {"title": "FedAvg round on one core: our round vs FedJAX 0.0.17 and the FLOP floor "
+                   "(784-256-10 MLP)",
+          "rows": rows,
+          "notes": (f"{NUM_CLIENTS} clients x {EXAMPLES} examples, batch {BATCH}, 1 epoch (2 local "
+                    "steps), client SGD 0.1, server SGD 1.0, example weights. Every process pinned "
+                    "to core 0 and single-threaded; ours and FedJAX alternate, "
+                    f"{passes} processes each, {repeats} timed rounds per process ({max(2, repeats // 2)} "
+                    "at 1000 clients) after two warm-ups; medians over all. default = "
+                    f"`chunk_size=None` = chunks of {ours[0]['default_chunk_size']} on CPU. FLOP floor = "
+                    f"{flops_per_client() / 1e6:.1f} MFLOP per client at {rate / 1e9:.0f} GFLOP/s (the "
+                    "GEMM rate measured in our processes). FedJAX runs jax "
+                    f"{theirs[0]['versions']['jax'] if theirs else '-'}, ours jax {jax.__version__}."
+                    f"{fedjax_note} Machine: {machine()} (shared with other jobs).")}
 
 
 if __name__ == "__main__":
   if "--json" in sys.argv:
-    print(json.dumps(_measure()))
+    reps = int(sys.argv[sys.argv.index("--json") + 1]) if len(sys.argv) > sys.argv.index("--json") + 1 else 5
+    print(json.dumps(measure_ours(repeats=reps)))
   else:
-    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+    sys.path.insert(0, str(HERE))
     from run import render  # noqa: E402
     print(render(run()))

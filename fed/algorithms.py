@@ -22,7 +22,11 @@ gives FedAvg's plain average, ``adam`` / ``yogi`` give FedAdam / FedYogi.
 
 Stateful clients keep ``v_i`` in a stacked ``[N, ...]`` store (gathered and
 scattered by sampled index; unsampled rows never change). Stateless clients
-start every round from the common initial ``v_0``.
+start every round from the common initial ``v_0``; for evaluation they are,
+by default, given their last trained ``v_i`` (``stateless_eval='cached'``: a
+stacked cache written like the stateful store but never read for training, as
+the reference code evaluates stateless clients), or ``v_0``
+(``stateless_eval='fresh'``).
 
 One round is one jitted program (`FedAlgorithm.round`); `FedAlgorithm.loop_round`
 runs the same maths as a Python loop over clients (see `fed.simulate`).
@@ -47,6 +51,7 @@ from paperlab import distributed
 ALGORITHMS = ("fedavg", "fedsim", "fedalt")
 WEIGHTINGS = ("examples", "batches", "uniform")
 SERVER_OPTIMIZERS = ("sgd", "adam", "yogi")
+STATELESS_EVALS = ("cached", "fresh")
 
 
 class FedState(NamedTuple):
@@ -58,6 +63,7 @@ class FedState(NamedTuple):
   frozen: pz.Flat  # leaves no algorithm trains (e.g. unused adapters)
   round: jax.Array  # int32 scalar
   key: jax.Array  # typed PRNG key: sampling and batch order come from (key, round)
+  cache: pz.Flat  # stateless, stateless_eval='cached': every client's last trained v_i [N, ...]; else {}
 
 
 def phases(algorithm: str, tx: optax.GradientTransformation, *,
@@ -115,13 +121,18 @@ class FedAlgorithm:
     stateful: keep each client's ``v_i`` across rounds.
     epochs: passes over the client's batches per phase.
     weighting: ``'examples'``, ``'batches'`` or ``'uniform'`` aggregation weights.
-    chunk_size: clients per `vmap` (None: all sampled clients of a device at once).
+    chunk_size: clients per `vmap` (None: the backend's fastest measured
+      setting, `fed.simulate.default_chunk_size`; pass ``clients_per_round``
+      for every sampled client of a device at once).
     mesh: shard the sampled-client axis over this mesh's ``'clients'`` axis.
     client_lr_schedule: ``round -> scale`` of the client updates (the
       reference code's per-round schedule); None: constant 1.
     num_clients: sample from the first this many clients of the data (None:
       all); lets the data's client axis be padded (with empty clients) to a
       multiple of the mesh's ``'clients'`` axis without changing the sampling.
+    stateless_eval: which ``v_i`` `client_personal` gives a stateless client:
+      ``'cached'`` (its last trained ``v_i``; ``v_0`` until it is first
+      sampled) or ``'fresh'`` (``v_0``). Training always starts from ``v_0``.
   """
 
   def __init__(self, loss_fn: sim.LossFn, partition: pz.Partition,
@@ -130,7 +141,7 @@ class FedAlgorithm:
                weighting: str = "examples", chunk_size: int | None = None,
                mesh: Mesh | None = None,
                client_lr_schedule: Callable[[jax.Array], jax.Array] | None = None,
-               num_clients: int | None = None):
+               num_clients: int | None = None, stateless_eval: str = "cached"):
     if clients_per_round < 1:
       raise ValueError(f"clients_per_round must be >= 1, got {clients_per_round}.")
     if epochs < 1:
@@ -139,6 +150,8 @@ class FedAlgorithm:
       raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}.")
     if chunk_size is not None and chunk_size < 1:
       raise ValueError(f"chunk_size must be >= 1 or None, got {chunk_size}.")
+    if stateless_eval not in STATELESS_EVALS:
+      raise ValueError(f"stateless_eval must be one of {STATELESS_EVALS}, got {stateless_eval!r}.")
     if num_clients is not None and num_clients < clients_per_round:
       raise ValueError(f"num_clients={num_clients} must be >= clients_per_round={clients_per_round}.")
     self.num_clients = num_clients
@@ -148,6 +161,7 @@ class FedAlgorithm:
     self.server_tx = server_tx
     self.clients_per_round = clients_per_round
     self.stateful = stateful
+    self.stateless_eval = stateless_eval
     self.epochs = epochs
     self.weighting = weighting
     self.chunk_size = chunk_size
@@ -171,10 +185,17 @@ class FedAlgorithm:
       raise ValueError(f"clients_per_round={self.clients_per_round} exceeds the "
                        f"{num_clients} clients.")
     shared, personal, frozen = self.partition.split(params)
+    cache = {}
     if self.stateful:
       personal = jax.tree.map(jnp.array, pz.stack(personal, num_clients))
+    elif self._caches:
+      cache = jax.tree.map(jnp.array, pz.stack(personal, num_clients))
     return FedState(shared, self.server_tx.init(shared), personal, frozen,
-                    jnp.zeros((), jnp.int32), key)
+                    jnp.zeros((), jnp.int32), key, cache)
+
+  @property
+  def _caches(self) -> bool:
+    return not self.stateful and self.stateless_eval == "cached"
 
   def sample(self, state: FedState, num_clients: int) -> jax.Array:
     """The round's clients: a pure function of ``(state.key, state.round)``."""
@@ -207,10 +228,11 @@ class FedAlgorithm:
     updates, server_opt = self.server_tx.update(pseudo_grad, state.server_opt, state.shared)
     shared = optax.apply_updates(state.shared, updates)
     personal = pz.scatter(state.personal, idx, new_v) if self.stateful else state.personal
+    cache = pz.scatter(state.cache, idx, new_v) if self._caches else state.cache
     metrics = {k: jnp.sum(weights * v) / total for k, v in losses.items() if k.startswith("loss")}
     metrics["delta_norm"] = optax.tree.norm(pseudo_grad)
     return FedState(shared, server_opt, personal, state.frozen, state.round + 1,
-                    state.key), metrics
+                    state.key, cache), metrics
 
   def _client(self, broadcast, client):
     u, frozen, lr_scale, data = broadcast
@@ -282,8 +304,14 @@ class FedAlgorithm:
   # -- personalization and evaluation ---------------------------------------
 
   def client_personal(self, state: FedState, num_clients: int) -> pz.Flat:
-    """Every client's current ``v_i``, stacked (stateless: ``v_0`` for all)."""
-    return state.personal if self.stateful else pz.stack(state.personal, num_clients)
+    """Every client's ``v_i`` for evaluation, stacked ``[num_clients, ...]``.
+
+    Stateful: the store. Stateless: the cache of last trained ``v_i``
+    (``stateless_eval='cached'``) or ``v_0`` for all (``'fresh'``).
+    """
+    if self.stateful:
+      return state.personal
+    return state.cache if self._caches else pz.stack(state.personal, num_clients)
 
 
 @functools.lru_cache(maxsize=64)

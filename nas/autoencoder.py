@@ -196,7 +196,8 @@ def _depth_reconstruction(raws: list[jax.Array], tensors: jax.Array, depth: int)
 
 def make_step_fn(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, *, batch_size: int,
                  num_points: int, seed: int, normalize: bool = False, functional_weight: float = 1.0,
-                 recon_weight: float = 0.0) -> Callable[[Any, int, int], tuple[Any, dict]]:
+                 recon_weight: float = 0.0, activation: str | None = None
+                 ) -> Callable[[Any, int, int], tuple[Any, dict]]:
   """A `paperlab.loop.train` step function; teachers are drawn inside the jitted step.
 
   The training loss is ``functional_weight * functional_loss + recon_weight *
@@ -206,6 +207,9 @@ def make_step_fn(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, *, ba
   so a resumed run sees the same batches. The keys use the ``rbg`` generator:
   on XLA:CPU it compiles about 5x faster than the default threefry.
 
+  ``activation`` (one of `nas.encoding.ACTIVATIONS`) trains on teachers whose
+  neurons all use it: the fixed-activation autoencoder of the ablation.
+
   Chunk metrics: ``loss`` (the functional loss, whatever the weights),
   ``recon`` (the reconstruction loss, also when its weight is 0) and
   ``best_decoder_is_teacher_depth``.
@@ -214,7 +218,8 @@ def make_step_fn(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, *, ba
   recon_by_depth = [functools.partial(_depth_reconstruction, depth=d) for d in range(1, encoding.MAX_DEPTH + 1)]
 
   def one_step(state, step):
-    batch = encoding.sample_teachers(jax.random.fold_in(base, step), batch_size, num_points)
+    batch = encoding.sample_teachers(jax.random.fold_in(base, step), batch_size, num_points,
+                                     activation=activation)
 
     def loss_fn(params):
       model = bind(graphdef, params)
@@ -246,15 +251,17 @@ def make_step_fn(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, *, ba
 
 
 def make_eval_fn(graphdef: nnx.GraphDef, *, seed: int, nets_per_depth: int,
-                 num_points: int) -> Callable[[Any], dict[str, jax.Array]]:
+                 num_points: int, activation: str | None = None) -> Callable[[Any], dict[str, jax.Array]]:
   """Functional loss on a fixed held-out set of random MLPs (every depth).
 
   Returns ``params -> {"heldout_loss", "heldout_loss_median",
   "heldout_loss_normalized", "heldout_loss_depth<L>"}`` (per-net min-over-decoder
-  MSE; normalized divides each by ``var(y) + 1``).
+  MSE; normalized divides each by ``var(y) + 1``). ``activation`` fixes the
+  held-out teachers' activation as in `make_step_fn`.
   """
   key = jax.random.key(seed, impl=TEACHER_PRNG)
-  batches = [encoding.sample_teachers(jax.random.fold_in(key, d), nets_per_depth, num_points, depth=d)
+  batches = [encoding.sample_teachers(jax.random.fold_in(key, d), nets_per_depth, num_points, depth=d,
+                                      activation=activation)
              for d in range(1, encoding.MAX_DEPTH + 1)]
 
   @jax.jit

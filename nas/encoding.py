@@ -214,17 +214,23 @@ class TeacherBatch(NamedTuple):
 
 
 def sample_teachers(key: jax.Array, batch_size: int, num_points: int,
-                    depth: int | None = None) -> TeacherBatch:
+                    depth: int | None = None, activation: str | None = None) -> TeacherBatch:
   """Random teacher MLPs as in SWAT-NN training; jit-able.
 
   Depth ~ U{1..4} (unless ``depth`` fixes it) and sparsity ~ U{0, 0.2, 0.4}
   are shared by the batch; weights are fresh per net; the ``num_points``
-  inputs ~ U(-1, 1)^2 are shared by the batch.
+  inputs ~ U(-1, 1)^2 are shared by the batch. ``activation`` (one of
+  `ACTIVATIONS`) gives every neuron that activation (the fixed-activation
+  family) instead of a uniform draw of the three.
   """
   kdepth, ksp, knets, kx = jax.random.split(key, 4)
   sparsity = jnp.asarray(SPARSITIES)[jax.random.randint(ksp, (), 0, len(SPARSITIES))]
   x = jax.random.uniform(kx, (num_points, NUM_INPUTS), minval=-1.0, maxval=1.0)
   draws = _draws(knets, (batch_size,))
+  if activation is not None:
+    if activation not in ACTIVATIONS:
+      raise ValueError(f"activation must be one of {ACTIVATIONS} or None, got {activation!r}.")
+    draws["act"] = jnp.full_like(draws["act"], ACTIVATIONS.index(activation))
 
   def branch(d):
     def make(draws, sparsity, x):
@@ -240,3 +246,20 @@ def sample_teachers(key: jax.Array, batch_size: int, num_points: int,
   tensors, y = jax.lax.switch(depth_arr - 1, [branch(d) for d in range(1, MAX_DEPTH + 1)],
                               draws, sparsity, x)
   return TeacherBatch(tensors, x, y, depth_arr)
+
+
+def fix_activation(raw: jax.Array, depth: int, activation: str) -> jax.Array:
+  """A decoded ``[7, 56]`` tensor whose activation columns all pick ``activation``.
+
+  Every hidden layer's three activation logits become ``(+30, -30, -30)``
+  rolled to the chosen one, so the soft mix (at any temperature <= 1) and the
+  arg-max both give that activation: the fixed-activation variant of the search.
+  """
+  _check_depth(depth)
+  if activation not in ACTIVATIONS:
+    raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}.")
+  logits = jnp.where(jnp.arange(NUM_ACTS) == ACTIVATIONS.index(activation), 30.0, -30.0)
+  for l in range(depth):
+    col = 11 * l + 8
+    raw = raw.at[..., col:col + NUM_ACTS].set(jnp.broadcast_to(logits, raw[..., col:col + NUM_ACTS].shape))
+  return raw

@@ -13,6 +13,12 @@ flips the sign, so the buffer kept here is :math:`b = -\\mu` of the paper:
 ``b <- beta * b + g`` and ``update = -lr * Re(b)``, which is the paper's
 ``mu <- beta * mu - g``, ``omega <- omega + Re(alpha * mu)`` for a real step
 size alpha.
+
+Non-finite gradients. Both transforms check each gradient leaf: a leaf holding
+a NaN or an infinity keeps its buffers unchanged and gets a zero update for that
+step, and its entry of ``nonfinite_count`` in the state goes up by one (like
+``optax.apply_if_finite``, but per leaf; complex Adam's shared step count still
+advances).
 """
 
 import math
@@ -40,12 +46,14 @@ class ScaleByComplexMomentumState(NamedTuple):
 
   re: Any  # pytree like the params (accumulator dtype)
   im: Any
+  nonfinite_count: Any  # per leaf: steps skipped for a NaN / inf gradient (int32)
 
 
 class ScaleByComplexBufferMomentumState(NamedTuple):
   """One complex-dtype buffer (complex64, or complex128 for float64 leaves)."""
 
   buf: Any
+  nonfinite_count: Any
 
 
 class ScaleByComplexAdamState(NamedTuple):
@@ -55,6 +63,7 @@ class ScaleByComplexAdamState(NamedTuple):
   mu_re: Any
   mu_im: Any
   nu: Any
+  nonfinite_count: Any
 
 
 class ScaleByComplexBufferAdamState(NamedTuple):
@@ -63,6 +72,7 @@ class ScaleByComplexBufferAdamState(NamedTuple):
   count: jax.Array  # shape=(), dtype=int32
   mu: Any
   nu: Any
+  nonfinite_count: Any
 
 
 def _is_concrete(x) -> bool:
@@ -139,6 +149,24 @@ def _complex_dtype(dtype):
   return jnp.complex128 if jnp.dtype(dtype) == jnp.float64 else jnp.complex64
 
 
+def _zero_counts(params):
+  return jax.tree.map(lambda _: jnp.zeros([], jnp.int32), params)
+
+
+def _finite(updates):
+  """Per-leaf flag: every entry of the gradient leaf is finite."""
+  return jax.tree.map(lambda g: jnp.all(jnp.isfinite(g)), updates)
+
+
+def _keep(finite, new, old):
+  """``new`` where the leaf's gradient was finite, else ``old`` (per leaf)."""
+  return jax.tree.map(lambda f, a, b: jnp.where(f, a, b), finite, new, old)
+
+
+def _count(finite, counts):
+  return jax.tree.map(lambda f, c: c + jnp.logical_not(f).astype(c.dtype), finite, counts)
+
+
 def _complex_zeros(params):
   return jax.tree.map(
       lambda p: jnp.zeros(jnp.shape(p), _complex_dtype(p.dtype)), params)
@@ -167,7 +195,10 @@ def scale_by_complex_momentum(
     \qquad
     s_{t+1} = \operatorname{Im}\beta\, r_t + \operatorname{Re}\beta\, s_t,
 
-  so the output weights the gradient history with a damped cosine,
+  A gradient leaf with a NaN or an infinity leaves its buffers unchanged and
+  gets a zero update (counted per leaf in ``nonfinite_count``).
+
+  The output weights the gradient history with a damped cosine,
   :math:`u_t = \sum_k |\beta|^k \cos(k\theta)\, g_{t-k}`. With ``angle=0`` this is
   exactly ``optax.trace(decay=magnitude)``; with ``magnitude=0`` it is the
   identity.
@@ -213,33 +244,40 @@ def scale_by_complex_momentum(
   if complex_buffer:
 
     def init_fn(params):
-      return ScaleByComplexBufferMomentumState(buf=_complex_zeros(params))
+      return ScaleByComplexBufferMomentumState(_complex_zeros(params), _zero_counts(params))
 
     def update_fn(updates, state, params=None):
       del params
+      finite = _finite(updates)
       beta = jax.lax.complex(*_as_arrays(*_polar(magnitude, angle)))
       buf = jax.tree.map(lambda g, b: beta.astype(b.dtype) * b + g,
                          updates, state.buf)
-      out = jax.tree.map(lambda g, b: jnp.real(b).astype(g.dtype), updates, buf)
-      return out, ScaleByComplexBufferMomentumState(buf=buf)
+      out = jax.tree.map(lambda f, g, b: jnp.where(f, jnp.real(b), 0).astype(g.dtype),
+                         finite, updates, buf)
+      return out, ScaleByComplexBufferMomentumState(
+          _keep(finite, buf, state.buf), _count(finite, state.nonfinite_count))
 
     return optax.GradientTransformation(init_fn, update_fn)
 
   def init_fn(params):
     zeros = optax.tree.zeros_like(params, dtype=acc_dtype)
-    return ScaleByComplexMomentumState(re=zeros, im=optax.tree.zeros_like(zeros))
+    return ScaleByComplexMomentumState(re=zeros, im=optax.tree.zeros_like(zeros),
+                                       nonfinite_count=_zero_counts(params))
 
   def update_fn(updates, state, params=None):
     del params
+    finite = _finite(updates)
     br, bi = _polar(magnitude, angle)
     pairs = jax.tree.map(lambda g, r, s: _rotate(br, bi, 1, 0, g, r, s),
                          updates, state.re, state.im)
     re = jax.tree.map(lambda _, p: p[0], updates, pairs)
     im = jax.tree.map(lambda _, p: p[1], updates, pairs)
-    out = jax.tree.map(lambda g, r: r.astype(g.dtype), updates, re)
+    out = jax.tree.map(lambda f, g, r: jnp.where(f, r, 0).astype(g.dtype), finite, updates, re)
     re = jax.tree.map(lambda r, old: r.astype(old.dtype), re, state.re)
     im = jax.tree.map(lambda s, old: s.astype(old.dtype), im, state.im)
-    return out, ScaleByComplexMomentumState(re=re, im=im)
+    return out, ScaleByComplexMomentumState(
+        re=_keep(finite, re, state.re), im=_keep(finite, im, state.im),
+        nonfinite_count=_count(finite, state.nonfinite_count))
 
   return optax.GradientTransformation(init_fn, update_fn)
 
@@ -325,7 +363,9 @@ def scale_by_complex_adam(
   The paper's heavy-ball form (``m = beta1 m - g``) differs from this one by the
   complex factor :math:`(1-\beta_1)` on the incoming gradient (and the sign);
   the two give the same direction only when the angle is 0. The complex bias
-  correction :math:`1/(1-\beta_1^t)` tends to 1, as in Adam.
+  correction :math:`1/(1-\beta_1^t)` tends to 1, as in Adam. A gradient leaf
+  with a NaN or an infinity keeps its moments and gets a zero update (counted
+  per leaf in ``nonfinite_count``; the step count :math:`t` still advances).
 
   Args:
     b1_magnitude: :math:`|\beta_1|` (0 gives RMSProp with bias correction, the
@@ -355,12 +395,14 @@ def scale_by_complex_adam(
   def init_fn(params):
     count, nu = jnp.zeros([], jnp.int32), optax.tree.zeros_like(params)
     if complex_buffer:
-      return ScaleByComplexBufferAdamState(count, _complex_zeros(params), nu)
+      return ScaleByComplexBufferAdamState(count, _complex_zeros(params), nu,
+                                           _zero_counts(params))
     mu = optax.tree.zeros_like(params, dtype=mu_dtype)
-    return ScaleByComplexAdamState(count, mu, optax.tree.zeros_like(mu), nu)
+    return ScaleByComplexAdamState(count, mu, optax.tree.zeros_like(mu), nu, _zero_counts(params))
 
   def update_fn(updates, state, params=None):
     del params
+    finite = _finite(updates)
     br, bi = _polar(b1_magnitude, b1_angle)
     # m <- beta1 m + (1 - beta1) g.
     if complex_buffer:
@@ -386,16 +428,17 @@ def scale_by_complex_adam(
     den = dr + di * k
     nu_hat = optax.tree.bias_correction(nu, b2, count)
     out = jax.tree.map(
-        lambda g, r, s, v: (
-            ((r + s * k.astype(r.dtype)) / den.astype(r.dtype))
-            / (jnp.sqrt(v + eps_root) + eps)).astype(g.dtype),
-        updates, mu_re, mu_im, nu_hat)
-    nu = optax.tree.cast_like(nu, state.nu)
+        lambda f, g, r, s, v: jnp.where(
+            f, (r + s * k.astype(r.dtype)) / den.astype(r.dtype)
+            / (jnp.sqrt(v + eps_root) + eps), 0).astype(g.dtype),
+        finite, updates, mu_re, mu_im, nu_hat)
+    nu = _keep(finite, optax.tree.cast_like(nu, state.nu), state.nu)
+    counts = _count(finite, state.nonfinite_count)
     if complex_buffer:
-      return out, ScaleByComplexBufferAdamState(count, mu, nu)
+      return out, ScaleByComplexBufferAdamState(count, _keep(finite, mu, state.mu), nu, counts)
     return out, ScaleByComplexAdamState(
-        count, optax.tree.cast_like(mu_re, state.mu_re),
-        optax.tree.cast_like(mu_im, state.mu_im), nu)
+        count, _keep(finite, optax.tree.cast_like(mu_re, state.mu_re), state.mu_re),
+        _keep(finite, optax.tree.cast_like(mu_im, state.mu_im), state.mu_im), nu, counts)
 
   return optax.GradientTransformation(init_fn, update_fn)
 

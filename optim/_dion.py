@@ -35,7 +35,7 @@ from optim import orthogonalize as orth
 # `optax.inject_hyperparams` (for `scale_by_dion` and for `dion` respectively).
 STATIC_ARGS = ("rank_fraction", "rank_multiple_of", "power_iters", "qr_method", "oversample",
                "momentum_dtype", "key", "mesh", "specs", "data_axis", "fsdp_axis", "tp_axis",
-               "group_same_shape")
+               "group_same_shape", "precision")
 DION_STATIC_ARGS = STATIC_ARGS + ("labels", "scalar_optimizer")
 
 
@@ -47,11 +47,14 @@ class ScaleByDionState(NamedTuple):
     key: PRNG key; the initial ``Q`` and every RCQR sketch derive from it.
     momentum: ``M`` per leaf, shaped like the parameter.
     q: right factor ``Q`` per leaf, shape ``(*batch, q_dim, r)``.
+    nonfinite_count: per leaf, the number of steps (int32) on which ``M + G``
+      held a NaN or an infinity, so that the step was skipped for that leaf.
   """
   count: jax.Array
   key: jax.Array
   momentum: Any
   q: Any
+  nonfinite_count: Any
 
 
 class LeafPlan(NamedTuple):
@@ -264,19 +267,45 @@ def power_step(b: jax.Array, q: jax.Array, key: jax.Array, *, mu: Any = 0.95, ep
 
 def _dion_leaf(plan: LeafPlan, layout: _Layout, grad: jax.Array, momentum: jax.Array,
                q: jax.Array, key: jax.Array, *, data_axis: str | None, compressed: bool,
-               **step_kw: Any) -> tuple[jax.Array, jax.Array, jax.Array]:
-  """One Dion step for one leaf in parameter layout; returns ``(update, momentum, q)``."""
-  g = _oriented(grad.astype(jnp.float32), plan)
+               grouped: bool, **step_kw: Any) -> tuple[jax.Array, ...]:
+  """One Dion step for one leaf (or a group of stacked leaves) in parameter layout.
+
+  Returns ``(update, momentum, q, finite)`` (the update in the compute dtype). ``finite`` is one flag per stacked
+  leaf when ``grouped`` (shape ``plan.batch``), else one flag for the leaf.
+  Where ``B = M + G`` of a leaf holds a NaN or an infinity, the leaf keeps its
+  ``M`` and ``Q`` and its update is 0.
+  """
+  cdt = step_kw.pop("compute_dtype")
+  g = _oriented(grad.astype(cdt), plan)
   if data_axis is not None and not compressed:
     g = lax.pmean(g, data_axis)
-  b = layout.full(_oriented(momentum.astype(jnp.float32), plan) + g)
-  q_old = layout.qside(q.astype(jnp.float32).reshape((-1,) + q.shape[-2:]))
+  m_old = _oriented(momentum.astype(cdt), plan)
+  b = layout.full(m_old + g)
+  finite = jnp.all(jnp.isfinite(b), axis=(-2, -1) if grouped else None)
+  if data_axis is not None and compressed:  # every replica must skip together
+    finite = lax.pmin(finite.astype(jnp.int32), data_axis).astype(bool)
+  q_old = layout.qside(q.astype(cdt).reshape((-1,) + q.shape[-2:]))
   out = power_step(b, q_old, key, layout=layout, data_axis=data_axis if compressed else None,
                    **step_kw)
-  update = layout.full(plan.scale * out.direction)
-  return (_to_param_layout(update, plan).astype(grad.dtype),
-          _to_param_layout(out.momentum, plan).astype(momentum.dtype),
-          out.q.reshape(q.shape).astype(q.dtype))
+  keep = finite[:, None, None] if grouped else finite
+  update = layout.full(jnp.where(keep, plan.scale * out.direction, 0.0))
+  new_m = layout.full(jnp.where(keep, out.momentum, m_old))
+  new_q = layout.qside(jnp.where(keep, out.q, q_old))
+  return (_to_param_layout(update, plan),
+          _to_param_layout(new_m, plan).astype(momentum.dtype),
+          new_q.reshape(q.shape).astype(q.dtype), finite)
+
+
+PRECISIONS = ("float32", "float64")
+
+
+def _compute_dtype(precision: str) -> Any:
+  if precision not in PRECISIONS:
+    raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}.")
+  if precision == "float64" and not jax.config.jax_enable_x64:
+    raise ValueError("precision='float64' needs 64-bit JAX: call "
+                     "jax.config.update('jax_enable_x64', True) before building the optimizer.")
+  return jnp.float64 if precision == "float64" else jnp.float32
 
 
 def _check_args(rank_fraction, rank_multiple_of, power_iters, qr_method, oversample, mesh, specs):
@@ -299,7 +328,8 @@ def scale_by_dion(rank_fraction: float = 1.0, mu: Any = 0.95, rank_multiple_of: 
                   eps: Any = 1e-8, momentum_dtype: Any = None, key: jax.Array | int = 0, *,
                   mesh: Mesh | None = None, specs: Any = None, fsdp_axis: str = mesh_lib.FSDP,
                   tp_axis: str = mesh_lib.TP, data_axis: str | None = None,
-                  group_same_shape: bool = True) -> optax.GradientTransformation:
+                  group_same_shape: bool = True,
+                  precision: str = "float32") -> optax.GradientTransformation:
   r"""Dion's orthonormalized low-rank direction, ``sqrt(fan_out/fan_in) P Q^T``.
 
   For each matrix, oriented as ``B`` of shape ``(p, q)`` (see `plan_leaf`), with
@@ -313,6 +343,21 @@ def scale_by_dion(rank_fraction: float = 1.0, mu: Any = 0.95, rank_multiple_of: 
 
   If ``B = 0`` then ``P = 0`` and ``R = Q`` (zero update, no NaN).
 
+  Precision policy: ``M``, ``Q`` and the update are stored in the parameter
+  dtype (``M`` and ``Q`` in ``momentum_dtype`` if given) and the update is
+  returned in the parameter dtype. Everything in between (``M + G``, the
+  products with ``Q``, ``P`` and ``R``, the orthonormalisation, the error
+  feedback and the column norms) runs in float32, also for float64 or bfloat16
+  parameters; ``precision='float64'`` runs it in float64 instead (slower: float64
+  matmuls; the way to agree with a float64 reference to
+  ``~1e-10`` on ill-conditioned momenta).
+
+  Non-finite gradients: a leaf whose ``B = M + G`` holds a NaN or an infinity
+  keeps its ``M`` and ``Q`` unchanged and gets a zero update for that step, and
+  its entry of ``nonfinite_count`` in the state goes up by one (like
+  ``optax.apply_if_finite``, but per leaf: the other leaves take their step).
+  A stack of matrices (one leaf) is skipped as a whole.
+
   Args:
     rank_fraction: ``r = ceil(rank_fraction * min(m, n))`` (rounded up to
       ``rank_multiple_of``, capped at ``min(m, n)``). Static: it fixes shapes.
@@ -322,8 +367,7 @@ def scale_by_dion(rank_fraction: float = 1.0, mu: Any = 0.95, rank_multiple_of: 
     qr_method: ``'rcqr'`` (randomized Cholesky-QR, default), ``'cqr'`` or ``'qr'``.
     oversample: RCQR sketch oversampling; sketch rows ``ceil(oversample r/128)*128``.
     eps: added to the column norms of ``R``.
-    momentum_dtype: dtype of ``M`` and ``Q`` (default: the parameter dtype); the
-      power iteration and orthonormalisation always run in float32.
+    momentum_dtype: dtype of ``M`` and ``Q`` (default: the parameter dtype).
     key: PRNG key or int seed for the initial ``Q`` and the sketches. Results are
       identical on every device and for any sharding.
     mesh: device mesh the parameters live on (``None``: no constraints).
@@ -337,6 +381,9 @@ def scale_by_dion(rank_fraction: float = 1.0, mu: Any = 0.95, rank_multiple_of: 
     group_same_shape: run 2-D leaves with the same shape, orientation, rank,
       specs and dtype as one batched step (fewer, larger kernels; faster to
       compile). Each matrix keeps its own momentum, Q and sketch slice.
+    precision: ``'float32'`` (default) or ``'float64'``: the dtype the step
+      computes in (see the precision policy above). ``'float64'`` needs
+      ``jax_enable_x64``.
 
   Returns:
     An `optax.GradientTransformation` with state `ScaleByDionState`.
@@ -346,6 +393,7 @@ def scale_by_dion(rank_fraction: float = 1.0, mu: Any = 0.95, rank_multiple_of: 
       take (at ``init``), naming the leaf path and shape.
   """
   _check_args(rank_fraction, rank_multiple_of, power_iters, qr_method, oversample, mesh, specs)
+  compute_dtype = _compute_dtype(precision)
   if isinstance(mu, (int, float)) and not 0.0 <= mu <= 1.0:
     raise ValueError(f"mu must be in [0, 1], got {mu!r}.")
   plan_kw = dict(rank_fraction=rank_fraction, rank_multiple_of=rank_multiple_of,
@@ -361,6 +409,12 @@ def scale_by_dion(rank_fraction: float = 1.0, mu: Any = 0.95, rank_multiple_of: 
 
   def init_fn(params):
     leaves, planned = plans(params)
+    for i in planned:
+      dtype = jnp.result_type(leaves.flat[i])
+      if not jnp.issubdtype(dtype, jnp.floating):
+        raise ValueError(f"Dion needs floating-point parameters but leaf {leaves.paths[i]!r} "
+                         f"{tuple(leaves.flat[i].shape)} has dtype {dtype}; cast it or route it "
+                         "elsewhere (optim.labels).")
     k0 = jax.random.fold_in(base_key(), 0)
     moms, qs = {}, {}
     for i, plan in planned.items():
@@ -373,15 +427,31 @@ def scale_by_dion(rank_fraction: float = 1.0, mu: Any = 0.95, rank_multiple_of: 
         m = lax.with_sharding_constraint(m, layout.param_sharding())
         q = lax.with_sharding_constraint(q, layout.q_state_sharding())
       moms[i], qs[i] = m, q
-    return ScaleByDionState(jnp.zeros([], jnp.int32), base_key(),
-                            leaves.unflatten(moms), leaves.unflatten(qs))
+    counts = {i: jnp.zeros([], jnp.int32) for i in planned}
+    return ScaleByDionState(jnp.zeros([], jnp.int32), base_key(), leaves.unflatten(moms),
+                            leaves.unflatten(qs), leaves.unflatten(counts))
 
   def update_fn(updates, state, params=None):
-    del params
     leaves, planned = plans(updates)
     flat_m, flat_q = leaves.flatten(state.momentum), leaves.flatten(state.q)
+    flat_n = leaves.flatten(state.nonfinite_count)
+    flat_p = leaves.flatten(params) if params is not None else [None] * len(leaves.flat)
+    out_dtype = {}
+    for i in planned:
+      g, m, p = leaves.flat[i], flat_m[i], flat_p[i]
+      for name, ref in (("momentum", m), ("parameter", p)):
+        if ref is not None and tuple(g.shape) != tuple(ref.shape):
+          raise ValueError(f"Gradient of leaf {leaves.paths[i]!r} has shape {tuple(g.shape)} but "
+                           f"its {name} has shape {tuple(ref.shape)}; pass gradients shaped "
+                           "like the parameters.")
+      if p is not None:
+        out_dtype[i] = p.dtype
+      elif momentum_dtype is None:
+        out_dtype[i] = m.dtype
+      else:
+        out_dtype[i] = g.dtype
     step_key = jax.random.fold_in(jax.random.fold_in(state.key, 1), state.count)
-    new_u, new_m, new_q = {}, {}, {}
+    new_u, new_m, new_q, new_n = {}, {}, {}, {}
     for members in _groups(planned, leaves, group_same_shape).values():
       plan = planned[members[0]]
       if len(members) > 1:  # same-shape matrices: one batched step (stack axis first)
@@ -394,13 +464,15 @@ def scale_by_dion(rank_fraction: float = 1.0, mu: Any = 0.95, rank_multiple_of: 
           plan, _Layout(plan, mesh), stack(leaves.flat), stack(flat_m), stack(flat_q),
           jax.random.fold_in(step_key, members[0]), mu=mu, eps=eps, qr_method=qr_method,
           oversample=oversample, power_iters=power_iters, data_axis=data_axis,
-          compressed=compressed)
+          compressed=compressed, grouped=len(members) > 1, compute_dtype=compute_dtype)
       for j, i in enumerate(members):
         pick = (lambda x: x) if len(members) == 1 else (lambda x, j=j: x[j])
-        new_u[i], new_m[i], new_q[i] = (pick(x) for x in outs)
+        new_u[i], new_m[i], new_q[i], finite = (pick(x) for x in outs)
+        new_u[i] = new_u[i].astype(out_dtype[i])
+        new_n[i] = flat_n[i] + jnp.logical_not(finite).astype(flat_n[i].dtype)
     return leaves.unflatten(new_u), ScaleByDionState(
         optax.safe_increment(state.count), state.key, leaves.unflatten(new_m),
-        leaves.unflatten(new_q))
+        leaves.unflatten(new_q), leaves.unflatten(new_n))
 
   return optax.GradientTransformation(init_fn, update_fn)
 
@@ -419,12 +491,27 @@ def synchronize(opt_state: Any, data_axis: str) -> Any:
   return jax.tree.map(sync, opt_state, is_leaf=lambda x: isinstance(x, ScaleByDionState))
 
 
+def _zero_skipped(inner: optax.GradientTransformation) -> optax.GradientTransformation:
+  """Zeroes the chained update (weight decay included) of leaves Dion skipped this step.
+
+  ``inner`` is a chain whose first state is a `ScaleByDionState`; a leaf was
+  skipped when its ``nonfinite_count`` went up.
+  """
+  def update_fn(updates, state, params=None):
+    out, new_state = inner.update(updates, state, params)
+    out = jax.tree.map(lambda u, old, new: jnp.where(new > old, jnp.zeros_like(u), u), out,
+                       state[0].nonfinite_count, new_state[0].nonfinite_count)
+    return out, new_state
+  return optax.GradientTransformation(inner.init, update_fn)
+
+
 def dion(learning_rate: optax.ScalarOrSchedule, rank_fraction: float = 1.0, mu: Any = 0.95,
          weight_decay: Any = 0.01, *, rank_multiple_of: int = 1, power_iters: int = 1,
          qr_method: str = "rcqr", oversample: float = 1.25, eps: Any = 1e-8,
          momentum_dtype: Any = None, key: jax.Array | int = 0, mesh: Mesh | None = None,
          specs: Any = None, fsdp_axis: str = mesh_lib.FSDP, tp_axis: str = mesh_lib.TP,
-         data_axis: str | None = None, group_same_shape: bool = True, labels: Any = None,
+         data_axis: str | None = None, group_same_shape: bool = True,
+         precision: str = "float32", labels: Any = None,
          scalar_optimizer: str = "adamw",
          scalar_learning_rate: optax.ScalarOrSchedule | None = None, scalar_b1: Any = 0.9,
          scalar_b2: Any = 0.95, scalar_eps: Any = 1e-8, scalar_weight_decay: Any = 0.0,
@@ -442,11 +529,17 @@ def dion(learning_rate: optax.ScalarOrSchedule, rank_fraction: float = 1.0, mu: 
   (head learning rate times ``1/sqrt(fan_in)`` for Lion, 1 for AdamW).
   Under `optax.inject_hyperparams` pass ``static_args=DION_STATIC_ARGS``.
 
+  A matrix whose gradient holds a NaN or an infinity gets a zero update (no
+  weight decay either) and keeps its Dion state for that step (see
+  `scale_by_dion`). The scalar groups are optax's AdamW / Lion, which have no
+  such guard: a non-finite gradient there reaches their moments; wrap the whole
+  optimizer in ``optax.apply_if_finite`` to skip such steps entirely.
+
   Args:
     learning_rate: matrix learning rate (scalar or schedule).
     rank_fraction, mu, rank_multiple_of, power_iters, qr_method, oversample, eps,
       momentum_dtype, key, mesh, specs, fsdp_axis, tp_axis, data_axis,
-      group_same_shape: see
+      group_same_shape, precision: see
       `scale_by_dion`.
     weight_decay: decoupled weight decay of the matrices (uses the base lr).
     labels: label tree / callable (`optim.labels`); default `label_params`.
@@ -459,12 +552,13 @@ def dion(learning_rate: optax.ScalarOrSchedule, rank_fraction: float = 1.0, mu: 
     An `optax.GradientTransformation` (an ``optax.partition``).
   """
   from optim import routed as routed_lib  # pylint: disable=import-outside-toplevel
-  matrix = optax.chain(
+  matrix = _zero_skipped(optax.chain(
       scale_by_dion(rank_fraction, mu, rank_multiple_of, power_iters, qr_method, oversample, eps,
                     momentum_dtype, key, mesh=mesh, specs=specs, fsdp_axis=fsdp_axis,
-                    tp_axis=tp_axis, data_axis=data_axis, group_same_shape=group_same_shape),
+                    tp_axis=tp_axis, data_axis=data_axis, group_same_shape=group_same_shape,
+                    precision=precision),
       optax.add_decayed_weights(weight_decay),
-      optax.scale_by_learning_rate(learning_rate))
+      optax.scale_by_learning_rate(learning_rate)))
   return routed_lib.routed(
       matrix, learning_rate, labels=labels, scalar_optimizer=scalar_optimizer,
       scalar_learning_rate=scalar_learning_rate, scalar_b1=scalar_b1, scalar_b2=scalar_b2,

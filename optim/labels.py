@@ -10,6 +10,13 @@ and the number of dimensions second::
     tx = optax.partition({MATRIX: ..., VECTOR: ..., EMBEDDING: ..., HEAD: ...}, labels)
 
 or pass `labeler()` (a callable) wherever optax accepts ``param_labels``.
+
+Convolution kernels (Flax layout ``(*window, in, out)``) get their own label,
+`CONV`: the matrix optimizers of `optim.dion` and `optim.routed` see each one as
+the matrix ``(prod(window) * in, out)`` (the Muon convention: the fan-in of a
+conv layer is its receptive field times its input channels) and reshape the
+update back, so a ``(3, 3, in, out)`` kernel is one ``(9 in, out)`` matrix, not
+nine ``(in, out)`` matrices.
 """
 
 from __future__ import annotations
@@ -23,11 +30,13 @@ MATRIX = "matrix"  # hidden weight matrix (2-D, or a stack of same-shape 2-D mat
 VECTOR = "vector"  # 0-D / 1-D leaves: biases, norm scales, gains
 EMBEDDING = "embedding"  # token / position embedding tables
 HEAD = "head"  # output projection to the vocabulary / classes
+CONV = "conv"  # convolution kernel (*window, in, out), optimized as a (prod(window) * in, out) matrix
 
-LABELS = (MATRIX, VECTOR, EMBEDDING, HEAD)
+LABELS = (MATRIX, VECTOR, EMBEDDING, HEAD, CONV)
 
 DEFAULT_EMBEDDING_KEYS = ("embed", "wte", "wpe", "tok_emb", "pos_emb")
 DEFAULT_HEAD_KEYS = ("head", "unembed", "lm_head", "logits")
+DEFAULT_CONV_KEYS = ("conv",)
 
 
 def path_str(path: Sequence[Any]) -> str:
@@ -54,13 +63,21 @@ def label_leaf(path: str, ndim: int, *, embedding_keys: Sequence[str] = DEFAULT_
 
   Order of the rules: a path component containing an embedding key gives
   `EMBEDDING`; one containing a head key gives `HEAD` (biases of the head
-  included); otherwise ``ndim <= 1`` gives `VECTOR` and ``ndim >= 2`` `MATRIX`.
+  included); otherwise ``ndim <= 1`` gives `VECTOR`; ``ndim == 4`` (a 2-D conv
+  kernel ``(kh, kw, in, out)``) or ``ndim == 3`` under a path component
+  containing ``'conv'`` (a 1-D conv kernel) gives `CONV`; any other
+  ``ndim >= 2`` gives `MATRIX` (3-D leaves are stacks of matrices, e.g. scanned
+  layers).
   """
   if _matches(path, embedding_keys):
     return EMBEDDING
   if _matches(path, head_keys):
     return HEAD
-  return VECTOR if ndim <= 1 else MATRIX
+  if ndim <= 1:
+    return VECTOR
+  if ndim == 4 or (ndim == 3 and _matches(path, DEFAULT_CONV_KEYS)):
+    return CONV
+  return MATRIX
 
 
 def label_params(params: Any, *, embedding_keys: Sequence[str] = DEFAULT_EMBEDDING_KEYS,

@@ -41,6 +41,33 @@ def scale_by_inv_sqrt_fan_in() -> optax.GradientTransformation:
   return optax.GradientTransformation(optax.init_empty_state, update_fn)
 
 
+def _as_matrix(x: Any) -> Any:
+  return x.reshape(-1, x.shape[-1]) if hasattr(x, "ndim") and x.ndim > 2 else x
+
+
+def as_matrices(inner: optax.GradientTransformation) -> optax.GradientTransformation:
+  r"""Runs ``inner`` on every leaf reshaped to ``(prod(shape[:-1]), shape[-1])``.
+
+  For convolution kernels ``(*window, in, out)``: ``inner`` sees the matrix
+  ``(prod(window) * in, out)`` and its updates are reshaped back to the kernel's
+  shape, so a conv kernel's update is ``inner``'s update of that matrix.
+
+  .. math::
+    u = \mathrm{reshape}(\mathrm{inner}(\mathrm{reshape}(g, (-1, c_{out}))), \mathrm{shape}(g))
+  """
+  def flat(tree):
+    return jax.tree.map(_as_matrix, tree)
+
+  def init_fn(params):
+    return inner.init(flat(params))
+
+  def update_fn(updates, state, params=None):
+    out, state = inner.update(flat(updates), state, None if params is None else flat(params))
+    return jax.tree.map(lambda u, g: u.reshape(g.shape), out, updates), state
+
+  return optax.GradientTransformation(init_fn, update_fn)
+
+
 def pmean_updates(axis_name: str) -> optax.GradientTransformation:
   """Averages updates over a ``shard_map`` axis (plain data-parallel gradient sync)."""
   def update_fn(updates, state, params=None):
@@ -70,6 +97,9 @@ def routed(matrix: optax.GradientTransformation, learning_rate: optax.ScalarOrSc
            embed_b1: Any = 0.95, embed_b2: Any = 0.98,
            data_axis: str | None = None) -> optax.GradientTransformation:
   """``optax.partition`` of ``matrix`` and the three scalar groups.
+
+  Convolution kernels (`labels.CONV`) get their own instance of ``matrix``,
+  run on each kernel flattened to ``(prod(window) * in, out)`` (`as_matrices`).
 
   Args:
     matrix: transformation for `labels.MATRIX` leaves (it applies its own lr).
@@ -103,6 +133,7 @@ def routed(matrix: optax.GradientTransformation, learning_rate: optax.ScalarOrSc
   head_post = (scale_by_inv_sqrt_fan_in(),) if scalar_optimizer == "lion" else ()
   transforms = {
       labels_lib.MATRIX: matrix,
+      labels_lib.CONV: as_matrices(matrix),
       labels_lib.VECTOR: scalar(scalar_b1, scalar_b2, scalar_weight_decay),
       labels_lib.EMBEDDING: scalar(embed_b1, embed_b2, 0.0),
       labels_lib.HEAD: scalar(embed_b1, embed_b2, 0.0, *head_post),

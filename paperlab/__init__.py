@@ -3,7 +3,7 @@
 Datasets (`data`, `federated`, `lm`), typed configs and the CLI (`config`), the
 resumable training loop (`loop`), orbax checkpoints (`checkpoint`), metrics,
 the NaN guard and the progress bar (`metrics`), run directories, forks and
-results (`runs`), atomic strict-JSON files (`files`), plots, mesh axis names
+results (`runs`), seed statistics (`stats`), atomic strict-JSON files (`files`), plots, mesh axis names
 (`mesh`), multi-process runs (`distributed`, the local launcher `launch`), small
 models and the supervised reference path. It depends on no other package of ours.
 """
@@ -11,7 +11,7 @@ models and the supervised reference path. It depends on no other package of ours
 import importlib
 
 __all__ = ("checkpoint", "config", "data", "distributed", "federated", "files", "launch", "lm",
-           "loop", "mesh", "metrics", "models", "plots", "runs", "supervised")
+           "loop", "mesh", "metrics", "models", "plots", "runs", "stats", "supervised")
 
 
 def __getattr__(name: str):

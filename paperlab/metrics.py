@@ -396,6 +396,14 @@ class RunProgress:
       self._first = (time.monotonic(), self.computed)
     self._refresh(postfix)
 
+  def set_total(self, total: float) -> None:
+    """Revises the run's total units (a better estimate of work whose size is learnt as it runs)."""
+    if not total > 0:
+      raise ValueError(f"RunProgress total must be > 0, got {total}.")
+    self.total = float(total)
+    self._bar.total = self.total
+    self._refresh(None)
+
   def skip(self, units: float) -> None:
     """Counts ``units`` of work that was already done (resumed or cached)."""
     self.done += units

@@ -8,8 +8,9 @@ paper's diagnostics (per-layer cosine between f_l and the transpose of its
 mirrored feedback map g_l, and CKA between a_l and c_l over training), and
 for the autoencoder a grid of reconstructions.
 
-    python scripts/ccl.py --preset quick                   # Fashion-MNIST MLP, 5 epochs
+    python scripts/ccl.py --preset quick                   # Fashion-MNIST MLP, 5 epochs, 3 seeds
     python scripts/ccl.py --preset quick --epochs 20 --workdir runs/ccl/fmnist20
+    python scripts/ccl.py --preset paper                   # 100 epochs, 3 seeds
     python scripts/ccl.py --preset ae                      # conv autoencoder, Fashion-MNIST
     python scripts/ccl.py --preset paper_cifar10_cnn       # needs a prepared TFDS cifar10
 """
@@ -28,7 +29,7 @@ from flax import nnx
 
 from ccl_jax import diagnostics, losses, train
 from ccl_jax.models import CCLAutoencoder, CCLCNN, CCLMLP
-from paperlab import config, data, loop, metrics, plots
+from paperlab import config, data, loop, metrics, plots, stats
 
 
 Model = Literal["mlp", "cnn", "cnn_pool", "ae"]
@@ -104,8 +105,8 @@ class Config:
 _CNN = dict(model="cnn_pool", batch_size=128, bp_lr=0.03, scale_c=1.0, scale_ssl=0.5,
             warmup_steps=100, grad_centralization=True, cosine=True)
 PRESETS = {
-    "quick": Config(),
-    "paper": Config(epochs=100),
+    "quick": Config(seeds=(0, 1, 2)),
+    "paper": Config(epochs=100, seeds=(0, 1, 2)),
     "paper_mnist_mlp": Config(dataset="mnist", epochs=100),
     "paper_cifar10_mlp": Config(dataset="cifar10", hidden=(1024,) * 3, epochs=100),
     "paper_cifar100_mlp": Config(dataset="cifar100", hidden=(1024,) * 3, epochs=100),
@@ -322,11 +323,14 @@ def main(argv=None) -> dict:
     results["mean_image_test_mse"] = float(np.mean((ds.x_test - mean_image) ** 2))
     headline.append({"metric": f"mean-image predictor test MSE, {ds.name}",
                      "value": results["mean_image_test_mse"], "note": "reference point"})
-  for method, s in summary.items():
-    headline.append({"metric": f"{method.upper()} test {metric}, {what}",
-                     "value": s[f"test_{metric}_final"],
-                     "note": f"{cfg.epochs} epochs, {len(cfg.seeds)} seed(s); "
-                             f"val-selected: {s[f'test_{metric}_selected']:.4f}"})
+  for method, rs in runs.items():
+    selected = stats.summarize([r["selected"] for r in rs])
+    final = stats.summarize([r["final"] for r in rs])
+    summary[method][f"test_{metric}_selected_ci95"] = [selected["ci95_low"], selected["ci95_high"]]
+    headline.append({"metric": f"{method.upper()} test {metric} (val-selected), {what}",
+                     "value": stats.spread(selected, 4),
+                     "note": f"{cfg.epochs} epochs; 95% CI [{selected['ci95_low']:.4f}, "
+                             f"{selected['ci95_high']:.4f}]; last epoch {stats.spread(final, 4)}"})
   results["plots"] = write_plots(cfg, ds, runs, run)
   timing = {"train_seconds": {m: [r["train_seconds"] for r in rs] for m, rs in runs.items()}}
   run.write_results(results, headline, timing=timing)

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from optim import games
 from optim import complex_adam
@@ -48,20 +50,58 @@ def mlp(params, x: jax.Array) -> jax.Array:
   return x @ params[-1]["w"] + params[-1]["b"]
 
 
-def _d_loss(players, batch):
-  gen, disc = players
-  real, z = batch
-  return (jnp.mean(jax.nn.softplus(-mlp(disc, real)))
-          + jnp.mean(jax.nn.softplus(mlp(disc, mlp(gen, z)))))
+def spectral_normalize(w: jax.Array, iters: int) -> jax.Array:
+  """``w / sigma_max(w)``, sigma from ``iters`` power iterations (no gradient through u, v).
+
+  Stateless: every call starts from the same vector, so no power-iteration
+  state has to live beside the parameters (SN-GAN keeps one ``u`` per layer and
+  runs one iteration per step; a few iterations from a fixed start reach the
+  same ``sigma`` on these small matrices).
+  """
+  v = jnp.ones(w.shape[1], w.dtype) / math.sqrt(w.shape[1])
+  for _ in range(iters):
+    u = w @ v
+    u = u / (jnp.linalg.norm(u) + 1e-12)
+    v = w.T @ u
+    v = v / (jnp.linalg.norm(v) + 1e-12)
+  u, v = jax.lax.stop_gradient(u), jax.lax.stop_gradient(v)
+  return w / (u @ w @ v)
 
 
-def _g_loss(players, batch):  # non-saturating generator loss
-  gen, disc = players
-  _, z = batch
-  return jnp.mean(jax.nn.softplus(-mlp(disc, mlp(gen, z))))
+def sn_mlp(params, x: jax.Array, iters: int) -> jax.Array:
+  """`mlp` with every weight matrix spectrally normalised (``iters`` 0: plain)."""
+  if iters:
+    params = [{"w": spectral_normalize(l["w"], iters), "b": l["b"]} for l in params]
+  return mlp(params, x)
 
 
-GAME = games.Game((_g_loss, _d_loss))
+def make_game(loss: str, sn_iters: int) -> games.Game:
+  """(generator loss, discriminator loss) of ``loss`` in {"hinge", "nonsaturating"}.
+
+  hinge: ``L_D = E relu(1 - D(x)) + E relu(1 + D(G(z)))``, ``L_G = -E D(G(z))``.
+  nonsaturating: ``L_D = E softplus(-D(x)) + E softplus(D(G(z)))``,
+  ``L_G = E softplus(-D(G(z)))``.
+  """
+  disc_fn = lambda disc, x: sn_mlp(disc, x, sn_iters)  # noqa: E731
+
+  def d_loss(players, batch):
+    gen, disc = players
+    real, z = batch
+    d_real, d_fake = disc_fn(disc, real), disc_fn(disc, mlp(gen, z))
+    if loss == "hinge":
+      return jnp.mean(jax.nn.relu(1.0 - d_real)) + jnp.mean(jax.nn.relu(1.0 + d_fake))
+    return jnp.mean(jax.nn.softplus(-d_real)) + jnp.mean(jax.nn.softplus(d_fake))
+
+  def g_loss(players, batch):
+    gen, disc = players
+    _, z = batch
+    d_fake = disc_fn(disc, mlp(gen, z))
+    return -jnp.mean(d_fake) if loss == "hinge" else jnp.mean(jax.nn.softplus(-d_fake))
+
+  return games.Game((g_loss, d_loss))
+
+
+GAME = make_game("nonsaturating", 0)  # the plain GAN (no spectral norm)
 
 
 def score(gen, key: jax.Array, num_samples: int, min_fraction: float):
@@ -79,14 +119,32 @@ def score(gen, key: jax.Array, num_samples: int, min_fraction: float):
   return jnp.sum(counts >= min_fraction * num_samples), jnp.mean(hq)
 
 
+class GanState(NamedTuple):
+  """Players and optimizer states (as in `optim.games.PlayState`) plus the EMA generator."""
+
+  players: tuple[Any, Any]
+  opt_states: tuple[Any, Any]
+  ema: Any  # exponential moving average of the generator's parameters (scored)
+
+
 class GanSetup:
-  """Builds the stacked state and the jitted n-step function of all runs."""
+  """Builds the stacked state and the jitted n-step function of all runs.
+
+  One step is ``d_steps`` discriminator updates (a fresh real batch and fresh
+  noise each), then one generator update, then the EMA update
+  ``ema <- d_t ema + (1 - d_t) gen`` with ``d_t = min(ema_decay, (1 + t) / (10 + t))``
+  (the warm-start of TF's moving averages: early steps do not carry the
+  initial generator for long).
+  """
 
   def __init__(self, *, z_dim: int, hidden: int, batch_size: int, lr_g: float,
                lr_d: float, b2: float, magnitudes: Sequence[float],
-               angles: Sequence[float], seeds: Sequence[int]):
+               angles: Sequence[float], seeds: Sequence[int], loss: str = "nonsaturating",
+               sn_iters: int = 0, d_steps: int = 1, ema_decay: float = 0.0):
     self.z_dim, self.hidden, self.batch_size = z_dim, hidden, batch_size
     self.lr_g, self.lr_d, self.b2 = lr_g, lr_d, b2
+    self.game = make_game(loss, sn_iters)
+    self.d_steps, self.ema_decay = d_steps, ema_decay
     grid = [(m, a, s) for m, a in zip(magnitudes, angles) for s in seeds]
     self.magnitude = jnp.array([g[0] for g in grid], jnp.float32)
     self.angle = jnp.array([g[1] for g in grid], jnp.float32)
@@ -101,22 +159,36 @@ class GanSetup:
     k_gen, k_disc = jax.random.split(jax.random.key(seed))
     h = self.hidden
     players = (mlp_init(k_gen, [self.z_dim, h, h, 2]), mlp_init(k_disc, [2, h, h, 1]))
-    return games.init_play(GAME, self._txs(magnitude, angle), players)
+    play = games.init_play(self.game, self._txs(magnitude, angle), players)
+    return GanState(play.players, play.opt_states, players[0])
 
   def init(self):
     return jax.vmap(self._init_one)(self.magnitude, self.angle, self.seed)
 
   def _run_one(self, state, magnitude, angle, seed, start, n):
-    # The discriminator moves first, then the generator sees the new one.
-    step = games.make_step(GAME, self._txs(magnitude, angle), "alternating",
-                           order=(1, 0))
+    tx_g, tx_d = self._txs(magnitude, angle)
     data_key = jax.random.fold_in(jax.random.key(seed), 1)
 
+    def apply(tx, i, players, opt_state, batch):
+      grad = games.player_gradient(self.game, i, players, batch)
+      updates, opt_state = tx.update(grad, opt_state, players[i])
+      return optax.apply_updates(players[i], updates), opt_state
+
+    def batch(key):
+      k_real, k_z = jax.random.split(key)
+      return (real_batch(k_real, self.batch_size),
+              jax.random.normal(k_z, (self.batch_size, self.z_dim)))
+
     def body(s, t):
-      k_real, k_z = jax.random.split(jax.random.fold_in(data_key, t))
-      batch = (real_batch(k_real, self.batch_size),
-               jax.random.normal(k_z, (self.batch_size, self.z_dim)))
-      return step(s, batch), None
+      (gen, disc), (opt_g, opt_d), ema = s
+      keys = jax.random.split(jax.random.fold_in(data_key, t), self.d_steps + 1)
+      for k in range(self.d_steps):  # the discriminator moves first
+        disc, opt_d = apply(tx_d, 1, (gen, disc), opt_d, batch(keys[k]))
+      gen, opt_g = apply(tx_g, 0, (gen, disc), opt_g, batch(keys[-1]))
+      tf = t.astype(jnp.float32)
+      decay = jnp.minimum(self.ema_decay, (1.0 + tf) / (10.0 + tf))
+      ema = jax.tree.map(lambda e, g: decay * e + (1.0 - decay) * g, ema, gen)
+      return GanState((gen, disc), (opt_g, opt_d), ema), None
 
     return jax.lax.scan(body, state, start + jnp.arange(n))[0]
 
@@ -124,46 +196,74 @@ class GanSetup:
     fn = jax.vmap(self._run_one, (0, 0, 0, 0, None, None))
     return fn(state, self.magnitude, self.angle, self.seed, start, n)
 
+  def scored_generator(self, state):
+    """The generator that is scored: the EMA one when ``ema_decay > 0``."""
+    return state.ema if self.ema_decay > 0 else state.players[0]
+
   def scores(self, state, num_samples: int, min_fraction: float):
     """``(modes, hq)``, each ``[num_methods, num_seeds]``."""
     key = jax.random.key(12345)
     modes, hq = jax.vmap(lambda g: score(g, key, num_samples, min_fraction))(
-        state.players[0])
+        self.scored_generator(state))
     shape = (self.num_methods, self.num_seeds)
     return modes.reshape(shape), hq.reshape(shape)
+
+
+def window_start(num_steps: int) -> int:
+  """First step of the scoring window: the last 20% of the steps."""
+  return int(math.ceil(0.8 * num_steps))
 
 
 def gan_experiment(cfg, run, methods: dict[str, tuple[float, float]], progress=None) -> dict:
   """Trains every (optimizer, seed) GAN of ``methods`` together; scores every ``gan_eval_every``.
 
+  The metric is fixed before training: modes covered and high-quality fraction
+  of the scored (EMA) generator at the last step, and their mean over the
+  evaluations in the last 20% of the steps (accumulated in the checkpointed
+  state, so a resumed run gives the same numbers). Per optimizer: mean, std,
+  n and the 95% t interval over seeds.
+
   A NaN or inf in any member's parameters, optimizer state or scores stops the
   run (`paperlab.loop`'s guard) and keeps the last good checkpoint.
   """
-  from paperlab import loop, plots  # pylint: disable=g-import-not-at-top
+  from paperlab import loop, plots, stats  # pylint: disable=g-import-not-at-top
   setup = GanSetup(z_dim=cfg.gan_z_dim, hidden=cfg.gan_hidden, batch_size=cfg.gan_batch,
                    lr_g=cfg.gan_lr_g, lr_d=cfg.gan_lr_d, b2=cfg.gan_b2,
                    magnitudes=[m for m, _ in methods.values()], angles=[a for _, a in methods.values()],
-                   seeds=[cfg.seed * 1000 + s for s in range(cfg.gan_seeds)])
+                   seeds=[cfg.seed * 1000 + s for s in range(cfg.gan_seeds)], loss=cfg.gan_loss,
+                   sn_iters=cfg.gan_sn_iters, d_steps=cfg.gan_d_steps, ema_decay=cfg.gan_ema)
   steps_jit = jax.jit(setup.steps, static_argnums=2)
   scores_jit = jax.jit(lambda s: setup.scores(s, cfg.gan_samples, cfg.gan_min_fraction))
+  first = window_start(cfg.gan_steps)
+  members = setup.num_methods * setup.num_seeds
+  zeros = {"modes": jnp.zeros(members), "hq": jnp.zeros(members), "count": jnp.zeros(())}
 
   def step_fn(state, step, n):
-    return steps_jit(state, jnp.int32(step), n), {}
+    gan, acc = state
+    gan = steps_jit(gan, jnp.int32(step), n)
+    if step + n >= first:  # an evaluation inside the window: accumulate its scores
+      modes, hq = scores_jit(gan)
+      acc = {"modes": acc["modes"] + modes.ravel(), "hq": acc["hq"] + hq.ravel(),
+             "count": acc["count"] + 1}
+    return (gan, acc), {}
 
   def eval_fn(state, step):
-    modes, hq = (np.asarray(x) for x in scores_jit(state))
+    modes, hq = (np.asarray(x) for x in scores_jit(state[0]))
     out = {}
     for j, name in enumerate(methods):
       out[f"modes/{name}"] = float(modes[j].mean())
       out[f"hq/{name}"] = float(hq[j].mean())
     return out
 
-  state, history = loop.train(setup.init(), step_fn=step_fn, num_steps=cfg.gan_steps,
-                              workdir=run.path("gan"), log_every=cfg.gan_eval_every,
-                              checkpoint_every=cfg.gan_eval_every,
-                              eval_fn=eval_fn, eval_every=cfg.gan_eval_every, desc="8-Gaussian GAN",
-                              progress=progress)
+  (state, acc), history = loop.train(
+      (setup.init(), zeros), step_fn=step_fn, num_steps=cfg.gan_steps, workdir=run.path("gan"),
+      log_every=cfg.gan_eval_every, checkpoint_every=cfg.gan_eval_every, eval_fn=eval_fn,
+      eval_every=cfg.gan_eval_every, desc="8-Gaussian GAN", progress=progress)
   modes, hq = (np.asarray(x) for x in scores_jit(state))
+  count = max(float(acc["count"]), 1.0)
+  shape = (setup.num_methods, setup.num_seeds)
+  window = {"modes": np.asarray(acc["modes"]).reshape(shape) / count,
+            "hq": np.asarray(acc["hq"]).reshape(shape) / count}
   for key, label in (("modes", "modes covered (count, of 8)"),
                      ("hq", "high-quality fraction (of generated samples)")):
     series = {name: ([r["step"] for r in history if f"{key}/{name}" in r],
@@ -171,9 +271,15 @@ def gan_experiment(cfg, run, methods: dict[str, tuple[float, float]], progress=N
     plots.line_plot(series, run.path(f"gan_{key}.png"), xlabel="training step (G and D updates)",
                     ylabel=label, title=plots.run_title(run, f"8-Gaussian GAN, mean over {cfg.gan_seeds} seeds"))
   _plot_gan_samples(cfg, setup, state, list(methods), run.path("gan_samples.png"), run)
-  return {"methods": {name: {"beta1": list(methods[name]), "modes": modes[j].tolist(),
-                             "hq": hq[j].round(4).tolist(), "mean_modes": float(modes[j].mean()),
-                             "mean_hq": float(hq[j].mean())} for j, name in enumerate(methods)},
+  out = {}
+  for j, name in enumerate(methods):
+    out[name] = {"beta1": list(methods[name]), "modes": modes[j].tolist(),
+                 "hq": hq[j].round(4).tolist(), "mean_modes": float(modes[j].mean()),
+                 "mean_hq": float(hq[j].mean()),
+                 "last": {"modes": stats.summarize(modes[j]), "hq": stats.summarize(hq[j])},
+                 "window": {"modes": stats.summarize(window["modes"][j]),
+                            "hq": stats.summarize(window["hq"][j])}}
+  return {"methods": out, "window_first_step": first, "window_evaluations": int(acc["count"]),
           "history": [{k: v for k, v in r.items() if k != "chunk_s"} for r in history]}  # no timing
 
 
@@ -185,7 +291,7 @@ def _plot_gan_samples(cfg, setup, state, names, path, run):
   from paperlab import plots  # pylint: disable=g-import-not-at-top
   fig, axes = plt.subplots(1, len(names), figsize=(3.4 * len(names), 3.4), squeeze=False)
   for j, name in enumerate(names):
-    gen = jax.tree.map(lambda x, j=j: x[j * setup.num_seeds], state.players[0])
+    gen = jax.tree.map(lambda x, j=j: x[j * setup.num_seeds], setup.scored_generator(state))
     fake = np.asarray(mlp(gen, z))
     ax = axes[0, j]
     ax.scatter(real[:, 0], real[:, 1], s=2, c="lightgray", label="real data")

@@ -40,6 +40,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
 from paperlab import config, distributed, loop, plots
+from paperlab import data as data_lib
 from paperlab import mesh as mesh_lib
 from fed import algorithms as alg
 from fed import datasets, models
@@ -79,28 +80,41 @@ class Config:
   splits: tuple[str, ...] = ("input", "output", "adapter", "full")
   algorithms: tuple[str, ...] = ("fedalt", "fedsim")
   stateless: bool = True  # also run every cell with stateless clients
+  stateless_eval: str = "cached"  # stateless clients evaluated with: cached (last trained v_i) | fresh (v_0)
   finetune_epochs: int = 5  # local fine-tuning baselines
   finetune_lr: float = 0.05
   ditto_prox: float = 0.1  # L2 coefficient of the Ditto-style full fine-tune
   final_epochs: int = 1  # personal-only update of every client after FedAlt / FedSim
+  cell_finetune: bool = True  # also report each FedAlt / FedSim cell after finetune_epochs of local fine-tuning
   weighting: str = "examples"  # examples | batches | uniform
-  chunk_size: int = 0  # clients per vmap (0: all sampled clients at once)
+  chunk_size: int = 0  # clients per vmap (0: the backend's fastest measured setting, fed.simulate.default_chunk_size)
   eval_every: int = 10  # rounds between evaluations (and metrics records)
   mesh: str = ""  # e.g. "clients=8": client axis sharded over the mesh (needed with several processes)
   seed: int = 0
+  seeds: tuple[int, ...] = ()  # run the whole pipeline once per seed (in seed<N>/) and report mean +- std
+
+  @property
+  def run_seeds(self) -> tuple[int, ...]:
+    return self.seeds or (self.seed,)
 
   def validate(self) -> None:
     req = config.require
     req(self.task in ("images", "shakespeare"), f"task must be images or shakespeare, got {self.task!r}.")
+    req(self.dataset.split("/")[0] in data_lib.IMAGE_DATASETS,
+        f"dataset must be one of {data_lib.IMAGE_DATASETS} (a TFDS config such as emnist/balanced "
+        f"allowed), got {self.dataset!r}.")
+    req(self.stateless_eval in alg.STATELESS_EVALS,
+        f"stateless_eval must be one of {alg.STATELESS_EVALS}, got {self.stateless_eval!r}.")
+    req(len(set(self.seeds)) == len(self.seeds), f"seeds must be distinct, got {self.seeds}.")
     req(self.num_clients >= 1, f"num_clients must be >= 1, got {self.num_clients}.")
     req(1 <= self.clients_per_round <= self.num_clients,
         f"clients_per_round must be in [1, num_clients={self.num_clients}], got {self.clients_per_round}.")
     req(self.alpha > 0, f"alpha must be > 0, got {self.alpha}.")
     req(0 <= self.permute_fraction <= 1, f"permute_fraction must be in [0, 1], got {self.permute_fraction}.")
     for name in ("batch_size", "max_client_examples", "adapter_dim", "seq_len", "finetune_epochs",
-                 "eval_every"):
+                 "eval_every", "rounds", "min_chars"):
       req(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}.")
-    for name in ("pretrain_rounds", "rounds", "final_epochs", "chunk_size", "personal_steps",
+    for name in ("pretrain_rounds", "final_epochs", "chunk_size", "personal_steps",
                  "shared_steps"):
       req(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)}.")
     for name in ("pretrain_lr", "server_lr", "client_lr", "personal_lr", "finetune_lr"):
@@ -124,6 +138,7 @@ PRESETS = {
                     pretrain_rounds=100, rounds=20, splits=("output", "adapter", "full"),
                     stateless=False, finetune_epochs=3),
     "fmnist": Config(rounds=50),
+    "fmnist3": Config(rounds=50, seeds=(0, 1, 2)),
     "shakespeare": Config(task="shakespeare", num_clients=40, clients_per_round=10,
                           max_client_examples=64, batch_size=8, hidden=(128,), pretrain_rounds=100,
                           rounds=30, pretrain_lr=1.0, client_lr=1.0, personal_lr=1.0,
@@ -165,8 +180,8 @@ def _images(cfg: Config, name: str) -> datasets.FederatedData:
 class Experiment:
   """The pipeline's stages; finished stages are cached in ``cells.json``."""
 
-  def __init__(self, cfg: Config, run: config.Run):
-    self.cfg, self.run = cfg, run
+  def __init__(self, cfg: Config, run: config.Run, prefix: str = ""):
+    self.cfg, self.run, self.prefix = cfg, run, prefix
     if distributed.process_count() > 1 and not cfg.mesh:
       raise ValueError(f"mesh: a run over {distributed.process_count()} processes needs "
                        f"--mesh clients={jax.device_count()} (every device of the run).")
@@ -179,7 +194,7 @@ class Experiment:
     else:
       self.rows += -self.rows % mesh_lib.axis_size(self.mesh, mesh_lib.CLIENTS)
       self.train, self.test = self._shard(self.fd.train), self._shard(self.fd.test)
-    self.cache_path = run.path("cells.json")
+    self.cache_path = run.path(prefix + "cells.json")
     self.cells = config.load_json(self.cache_path) if self.cache_path.exists() else {}
     distributed.barrier("fed_partial:cells")  # every process read the same cache
     self.chunk = cfg.chunk_size or None
@@ -212,7 +227,7 @@ class Experiment:
                    personal_steps=cfg.personal_steps or None, shared_steps=cfg.shared_steps or None),
         alg.server_optimizer(cfg.server_optimizer, cfg.server_lr), clients_per_round=cfg.clients_per_round,
         stateful=stateful, weighting=cfg.weighting, chunk_size=self.chunk, mesh=self.mesh,
-        num_clients=self.fd.num_clients)
+        num_clients=self.fd.num_clients, stateless_eval=cfg.stateless_eval)
     n = self.rows
 
     def eval_fn(state, step):
@@ -225,9 +240,9 @@ class Experiment:
     if self.mesh is not None:
       state = distributed.put(state, mesh_lib.replicated(self.mesh))
     state, history = loop.train(state, step_fn=a.step_fn(self.train), num_steps=rounds,
-                                workdir=self.run.path(name), log_every=every,
+                                workdir=self.run.path(self.prefix + name), log_every=every,
                                 checkpoint_every=every * max(1, 50 // every), eval_fn=eval_fn,
-                                eval_every=every, desc=name)
+                                eval_every=every, desc=self.prefix + name)
     return a, state, history
 
   def pretrain(self) -> tuple[dict, object]:
@@ -254,23 +269,32 @@ class Experiment:
     return self._save(name, {"acc_mean": s["acc_mean"], "acc_p10": s["acc_p10"]})
 
   def personalize(self, split: str, algorithm: str, stateful: bool, pretrained) -> dict:
-    name = f"{split}-{algorithm}-{'stateful' if stateful else 'stateless'}"
-    if name in self.cells:
-      return self.cells[name]
+    """One FedAlt / FedSim cell: train, final personal-only pass, evaluate (and fine-tune)."""
     cfg = self.cfg
+    name = f"{split}-{algorithm}-" + ("stateful" if stateful else f"stateless-{cfg.stateless_eval}")
+    cached = self.cells.get(name)
+    if cached is not None and (not cfg.cell_finetune or "ft_acc_mean" in cached):
+      return cached
     a, state, history = self.federated(name, split, algorithm, pretrained, rounds=cfg.rounds,
                                        lr=cfg.client_lr, stateful=stateful)
-    personal = a.client_personal(state, self.rows)
+    trained = a.client_personal(state, self.rows)  # stateless: cached v_i, or v_0 ('fresh')
+    personal = trained
     if cfg.final_epochs > 0:  # the reference code's final personal-only pass on every client
-      _, personal = alg.local_finetune(self.loss_fn, a.partition,
-                                       [sim.Phase("personal", optax.sgd(cfg.personal_lr))], state.shared,
-                                       personal, state.frozen, self.train, epochs=cfg.final_epochs,
-                                       chunk_size=self.chunk, mesh=self.mesh)
+      personal = self._personal_pass(a, state, trained, cfg.final_epochs, cfg.personal_lr)
     s = self.evaluate(a.partition, state.shared, personal, state.frozen)
-    return self._save(name, {"acc_mean": s["acc_mean"], "acc_p10": s["acc_p10"],
-                             "personal_fraction": a.partition.personal_fraction,
-                             "personal_params": a.partition.count(pz.PERSONAL),
-                             "history": _curve(history)})
+    cell = {"acc_mean": s["acc_mean"], "acc_p10": s["acc_p10"],
+            "personal_fraction": a.partition.personal_fraction,
+            "personal_params": a.partition.count(pz.PERSONAL), "history": _curve(history)}
+    if cfg.cell_finetune:  # local fine-tuning of the personal part from the cell's final (u, v_i)
+      tuned = self._personal_pass(a, state, trained, cfg.finetune_epochs, cfg.finetune_lr)
+      t = self.evaluate(a.partition, state.shared, tuned, state.frozen)
+      cell |= {"ft_acc_mean": t["acc_mean"], "ft_acc_p10": t["acc_p10"]}
+    return self._save(name, cell)
+
+  def _personal_pass(self, a, state, personal, epochs: int, lr: float):
+    return alg.local_finetune(self.loss_fn, a.partition, [sim.Phase("personal", optax.sgd(lr))],
+                              state.shared, personal, state.frozen, self.train, epochs=epochs,
+                              chunk_size=self.chunk, mesh=self.mesh)[1]
 
 
 def _curve(history) -> dict:
@@ -278,76 +302,195 @@ def _curve(history) -> dict:
   return {"round": [p[0] for p in pts], "acc_mean": [p[1] for p in pts]}
 
 
-def _fmt(cell: dict | None, key: str) -> str:
-  return "-" if cell is None else f"{100 * cell[key]:.2f}"
+def _stats(values) -> dict:
+  """Mean and sample standard deviation (0 for one value) across seeds."""
+  v = np.asarray(values, np.float64)
+  return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0,
+          "values": [float(x) for x in v]}
+
+
+def _fmt(stats: dict | None, scale: float = 100.0, bold: bool = False) -> str:
+  if stats is None:
+    return "-"
+  text = f"{scale * stats['mean']:.2f}"
+  if len(stats["values"]) > 1:
+    text += f" ± {scale * stats['std']:.2f}"
+  return f"**{text}**" if bold else text
+
+
+def _label(column: str) -> str:
+  return (column.replace("fedalt", "FedAlt").replace("fedsim", "FedSim")
+          .replace("finetune", "fine-tune"))
+
+
+def run_seed(cfg: Config, run: config.Run, prefix: str) -> dict:
+  """The whole pipeline for one seed: ``{'base', 'table', 'ditto', 'fractions', 'name'}``."""
+  exp = Experiment(cfg, run, prefix)
+  base, pretrained = exp.pretrain()
+  modes = (True, False) if cfg.stateless else (True,)
+  table, fractions = {}, {}
+  for split in cfg.splits:
+    table[split] = {"finetune": exp.finetune(f"{split}-finetune", split, pretrained,
+                                             sim.Phase("personal", optax.sgd(cfg.finetune_lr)))}
+    for stateful in modes:
+      for algorithm in cfg.algorithms:
+        table[split][_column(algorithm, stateful)] = exp.personalize(split, algorithm, stateful,
+                                                                     pretrained)
+    fractions[split] = pz.Partition(pretrained, pz.label_params(pretrained, split)).personal_fraction
+  ditto = exp.finetune("full-ditto", "full", pretrained,
+                       sim.Phase("personal", optax.sgd(cfg.finetune_lr), prox=cfg.ditto_prox))
+  return {"base": base, "table": table, "ditto": ditto, "fractions": fractions,
+          "name": exp.fd.name, "data": exp.fd.describe()}
+
+
+def _column(algorithm: str, stateful: bool) -> str:
+  return f"{algorithm} {'stateful' if stateful else 'stateless'}"
+
+
+def aggregate(per_seed: list[dict]) -> dict:
+  """Mean +- std across seeds of every cell's accuracies, and of FedAlt - FedSim per cell pair."""
+  keys = ("acc_mean", "acc_p10", "ft_acc_mean", "ft_acc_p10")
+  agg = lambda cells: {k: _stats([c[k] for c in cells]) for k in keys if k in cells[0]}  # noqa: E731
+  first = per_seed[0]
+  table = {split: {col: agg([r["table"][split][col] for r in per_seed]) for col in row}
+           for split, row in first["table"].items()}
+  diffs = {}
+  for split, row in first["table"].items():
+    for mode in ("stateful", "stateless"):
+      alt, fsim = f"fedalt {mode}", f"fedsim {mode}"
+      if alt in row and fsim in row:
+        diffs[f"{split} {mode}"] = {
+            k: _stats([r["table"][split][alt][k] - r["table"][split][fsim][k] for r in per_seed])
+            for k in keys if k in row[alt]}
+  return {"pretrained": agg([r["base"] for r in per_seed]), "table": table,
+          "ditto": agg([r["ditto"] for r in per_seed]), "fedalt_minus_fedsim": diffs}
+
+
+def _markdown(cfg: Config, summary: dict, fractions: dict, key: str, columns: list[str]) -> str:
+  """Split x columns table of ``key`` (mean +- std over seeds, %); best cell of a row in bold."""
+  table = summary["table"]
+  lines = ["| split | personal params | " + " | ".join(_label(c) for c in columns) + " |",
+           "|" + "---|" * (len(columns) + 2)]
+  base_key = key.removeprefix("ft_")
+  lines.append(f"| none (FedAvg) | 0% | {_fmt(summary['pretrained'][base_key])} |"
+               + " - |" * (len(columns) - 1))
+  for split in cfg.splits:
+    vals = {c: table[split][c].get(key if c != "finetune" else base_key) for c in columns}
+    best = max((v["mean"] for v in vals.values() if v), default=None)
+    cells = [_fmt(v, bold=v is not None and v["mean"] == best) for v in vals.values()]
+    lines.append(f"| {split} | {100 * fractions[split]:.2f}% | " + " | ".join(cells) + " |")
+  lines.append(f"| full, Ditto (prox {cfg.ditto_prox}) | 100% | {_fmt(summary['ditto'][base_key])} |"
+               + " - |" * (len(columns) - 1))
+  return "\n".join(lines)
+
+
+def _diff_markdown(summary: dict) -> str:
+  rows = summary["fedalt_minus_fedsim"]
+  if not rows:
+    return ""
+  keys = [k for k in ("acc_mean", "acc_p10", "ft_acc_mean", "ft_acc_p10") if k in next(iter(rows.values()))]
+  names = {"acc_mean": "mean acc", "acc_p10": "10th pct", "ft_acc_mean": "mean acc, fine-tuned",
+           "ft_acc_p10": "10th pct, fine-tuned"}
+  lines = ["| split, clients | " + " | ".join(names[k] for k in keys) + " |",
+           "|" + "---|" * (len(keys) + 1)]
+  for cell, d in rows.items():
+    lines.append(f"| {cell} | " + " | ".join(f"{100 * d[k]['mean']:+.2f}"
+                                            + (f" ± {100 * d[k]['std']:.2f}" if len(d[k]["values"]) > 1
+                                               else "") for k in keys) + " |")
+  return "\n".join(lines)
+
+
+def plot_curves(cfg: Config, per_seed: list[dict], columns: list[str], path, title: str) -> None:
+  """One panel for pretraining and one per split; x = rounds since the panel's run started."""
+  import matplotlib.pyplot as plt  # paperlab.plots selected the headless backend
+  from matplotlib.ticker import MaxNLocator
+  start = [r["base"]["acc_mean"] for r in per_seed]  # every cell starts from the pretrained model
+  panels = ["pretraining"] + list(cfg.splits)
+  fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.6), squeeze=False)
+  for ax, panel in zip(axes[0], panels):
+    if panel == "pretraining":
+      series = {"FedAvg": [r["base"]["history"] for r in per_seed]}
+    else:
+      series = {_label(c): [r["table"][panel][c]["history"] for r in per_seed]
+                for c in columns if "history" in per_seed[0]["table"][panel][c]}
+    for label, hists in series.items():
+      x = np.asarray(hists[0]["round"])
+      if not len(x):
+        continue
+      ys = np.asarray([h["acc_mean"] for h in hists if len(h["acc_mean"]) == len(x)]) * 100
+      if panel != "pretraining":
+        x = np.concatenate([[0], x])
+        ys = np.concatenate([100 * np.asarray(start)[:len(ys), None], ys], axis=1)
+      line, = ax.plot(x, ys.mean(0), marker="." if len(x) < 30 else None, label=label)
+      if len(ys) > 1:
+        ax.fill_between(x, ys.min(0), ys.max(0), color=line.get_color(), alpha=0.15)
+    ax.set_title("FedAvg pretraining" if panel == "pretraining" else f"{panel} split")
+    ax.set_xlabel("FedAvg round" if panel == "pretraining" else
+                  "FedAlt / FedSim round (0: pretrained model)")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylabel("mean client test accuracy (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+  seeds = f", mean of {len(per_seed)} seeds (band: min-max)" if len(per_seed) > 1 else ""
+  fig.suptitle(title + seeds)
+  plots._save(fig, path)  # pylint: disable=protected-access
 
 
 def main(argv=None) -> dict:
   cfg, run = config.cli(Config, PRESETS, paper="fed_partial", description=__doc__, argv=argv,
                         multiprocess=True)
-  exp = Experiment(cfg, run)
-  base, pretrained = exp.pretrain()
-  modes = (True, False) if cfg.stateless else (True,)
-  columns = [("finetune", None, None)] + [(f"{a} {'stateful' if s else 'stateless'}", a, s)
-                                          for s in modes for a in cfg.algorithms]
-  table, fractions = {}, {}
-  for split in cfg.splits:
-    table[split] = {"finetune": exp.finetune(f"{split}-finetune", split, pretrained,
-                                             sim.Phase("personal", optax.sgd(cfg.finetune_lr)))}
-    for label, algorithm, stateful in columns[1:]:
-      table[split][label] = exp.personalize(split, algorithm, stateful, pretrained)
-    fractions[split] = pz.Partition(pretrained, pz.label_params(pretrained, split)).personal_fraction
-  ditto = exp.finetune("full-ditto", "full", pretrained,
-                       sim.Phase("personal", optax.sgd(cfg.finetune_lr), prox=cfg.ditto_prox))
-
-  # Table shaped like the paper's: split x {fine-tune, FedAlt, FedSim} x {stateful, stateless}.
-  head = "| split | personal params | " + " | ".join(c[0] for c in columns) + " |"
-  lines = [head, "|" + "---|" * (len(columns) + 2)]
-  lines.append(f"| none (FedAvg) | 0% | {_fmt(base, 'acc_mean')} ({_fmt(base, 'acc_p10')}) |"
-               + " - |" * (len(columns) - 1))
-  for split in cfg.splits:
-    cells = [f"{_fmt(table[split][c[0]], 'acc_mean')} ({_fmt(table[split][c[0]], 'acc_p10')})"
-             for c in columns]
-    lines.append(f"| {split} | {100 * fractions[split]:.2f}% | " + " | ".join(cells) + " |")
-  lines.append(f"| full, Ditto (prox {cfg.ditto_prox}) | 100% | {_fmt(ditto, 'acc_mean')} "
-               f"({_fmt(ditto, 'acc_p10')}) |" + " - |" * (len(columns) - 1))
-  markdown = "\n".join(lines)
+  seeds = cfg.run_seeds
+  per_seed = [run_seed(dataclasses.replace(cfg, seed=s), run, f"seed{s}/" if cfg.seeds else "")
+              for s in seeds]
+  first = per_seed[0]
+  fractions, name = first["fractions"], first["name"]
+  summary = aggregate(per_seed)
+  modes = ("stateful", "stateless") if cfg.stateless else ("stateful",)
+  fed_columns = [f"{a} {m}" for m in modes for a in cfg.algorithms]
+  seed_note = f", {len(seeds)} seeds (mean ± std)" if len(seeds) > 1 else ""
+  markdown = _markdown(cfg, summary, fractions, "acc_mean", ["finetune"] + fed_columns)
+  sections = [f"Mean personalized test accuracy %, {name}{seed_note}", markdown,
+              "10th percentile across clients %", _markdown(cfg, summary, fractions, "acc_p10",
+                                                             ["finetune"] + fed_columns)]
+  if cfg.cell_finetune:
+    sections += [f"After {cfg.finetune_epochs} epoch(s) of local fine-tuning of the personal part "
+                 "(mean acc %; the fine-tune column is the same baseline from the pretrained model)",
+                 _markdown(cfg, summary, fractions, "ft_acc_mean", ["finetune"] + fed_columns)]
+  diff = _diff_markdown(summary)
+  if diff:
+    sections += ["FedAlt - FedSim (points, per seed, then mean ± std)", diff]
   if distributed.is_main():
-    run.path("table.md").write_text(f"Mean personalized test accuracy % (10th percentile), {exp.fd.name}\n\n"
-                                     + markdown + "\n")
-    print(markdown)
+    run.path("table.md").write_text("\n\n".join(sections) + "\n")
+    print("\n\n".join(sections))
+  plot_curves(cfg, per_seed, fed_columns, run.path("curves.png"),
+              f"Partial personalization, {name} ({run.preset} preset)")
 
-  series = {"FedAvg pretraining": (base["history"]["round"], base["history"]["acc_mean"])}
-  offset = cfg.pretrain_rounds
-  for split in cfg.splits:
-    for label, algorithm, stateful in columns[1:]:
-      if stateful:
-        h = table[split][label]["history"]
-        series[f"{split} {algorithm}"] = ([offset + r for r in h["round"]], h["acc_mean"])
-  plots.line_plot(series, run.path("curves.png"), xlabel="round", ylabel="mean client test accuracy",
-                  title=f"Partial personalization, {exp.fd.name}")
-
-  best = {split: max(c["acc_mean"] for c in table[split].values()) for split in cfg.splits}
+  mean_of = lambda stats: stats["acc_mean"]["mean"]  # noqa: E731
+  table = summary["table"]
+  best = {split: max(mean_of(c) for c in table[split].values()) for split in cfg.splits}
+  base_acc = mean_of(summary["pretrained"])
   partial = [s for s in cfg.splits if s in PARTIAL_SPLITS and fractions[s] <= 0.10]
-  full_gain = best["full"] - base["acc_mean"] if "full" in best else math.nan
+  full_gain = best["full"] - base_acc if "full" in best else math.nan
   best_partial = max(partial, key=best.get) if partial else None
-  recovered = ((best[best_partial] - base["acc_mean"]) / full_gain
+  recovered = ((best[best_partial] - base_acc) / full_gain
                if best_partial and full_gain > 0 else math.nan)
   # With the full split nothing is shared and FedAlt == FedSim == local training: not compared.
-  pairs = [(table[s][f"fedalt {m}"]["acc_mean"], table[s][f"fedsim {m}"]["acc_mean"])
-           for s in cfg.splits if s != "full"
-           for m in (["stateful", "stateless"] if cfg.stateless else ["stateful"])
-           if f"fedalt {m}" in table[s] and f"fedsim {m}" in table[s]]
-  wins = sum(a >= b for a, b in pairs)
-  results = {"data": exp.fd.describe(), "pretrained": base,
-             "table": {s: {k: {kk: vv for kk, vv in v.items() if kk != "history"} for k, v in row.items()}
-                       for s, row in table.items()},
-             "ditto": ditto, "personal_fraction": fractions, "best_partial_split": best_partial,
+  pairs = {cell: d["acc_mean"]["mean"] for cell, d in summary["fedalt_minus_fedsim"].items()
+           if not cell.startswith("full ")}
+  wins = sum(d >= 0 for d in pairs.values())
+  strip = lambda cell: {k: v for k, v in cell.items() if k != "history"}  # noqa: E731
+  results = {"data": first["data"], "seeds": list(seeds), "summary": summary,
+             "per_seed": {str(s): {"pretrained": strip(r["base"]), "ditto": r["ditto"],
+                                   "table": {sp: {k: strip(v) for k, v in row.items()}
+                                             for sp, row in r["table"].items()}}
+                          for s, r in zip(seeds, per_seed)},
+             "personal_fraction": fractions, "best_partial_split": best_partial,
              "gain_recovered": recovered, "fedalt_ge_fedsim": f"{wins} of {len(pairs)}",
              "table_markdown": markdown}
-  name = exp.fd.name
-  headline = [{"metric": f"FedAvg (no personalization) mean acc, {name}", "value": base["acc_mean"],
-               "note": f"{cfg.pretrain_rounds} rounds, {cfg.clients_per_round}/{cfg.num_clients} clients"}]
+  seeds_txt = f", mean of {len(seeds)} seeds" if len(seeds) > 1 else ""
+  headline = [{"metric": f"FedAvg (no personalization) mean acc, {name}", "value": base_acc,
+               "note": f"{cfg.pretrain_rounds} rounds, {cfg.clients_per_round}/{cfg.num_clients} "
+                       f"clients{seeds_txt}"}]
   if best_partial:
     headline.append({"metric": f"best <=10% split ({best_partial}) mean acc", "value": best[best_partial],
                      "note": f"{100 * fractions[best_partial]:.1f}% personal params"})
@@ -356,10 +499,13 @@ def main(argv=None) -> dict:
     headline.append({"metric": "gain of full personalization recovered by best partial split",
                      "value": recovered, "note": "target >= 0.7", "optional": True})
   headline.append({"metric": "FedAlt >= FedSim (mean acc cells)", "value": f"{wins} of {len(pairs)}",
-                   "note": f"{cfg.rounds} rounds per cell"})
+                   "note": f"{cfg.rounds} rounds per cell{seeds_txt}"})
+  if pairs:
+    headline.append({"metric": "FedAlt - FedSim mean acc, average over cells",
+                     "value": float(np.mean(list(pairs.values()))), "note": "points / 100"})
   run.write_results(results, headline)
   return results
 
 
 if __name__ == "__main__":
-  main()
+  config.main(main)

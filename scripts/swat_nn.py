@@ -26,7 +26,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from paperlab import config, files, loop, metrics, plots
+from paperlab import config, files, loop, metrics, plots, stats
 from nas import autoencoder as ae
 from nas import baselines, encoding, search
 from nas import functions as fns
@@ -73,6 +73,10 @@ class Config:
   dense_lr: float = 1e-2  # dense baseline: Adam learning rate
   dense_activation: str = "tanh"  # dense baseline: activation of every hidden unit
   finetune_steps: int = 300  # Adam steps after magnitude pruning (mask fixed)
+  search_seeds: int = 1  # independent searches (latent inits) per function, vmapped together
+  # The paper's ablation: a second autoencoder trained on teachers that all use dense_activation,
+  # searched with that activation fixed (weights and architecture only).
+  fixed_activation_ablation: bool = False  # also run the fixed-activation ablation
   seed: int = 0  # seed of the teachers, the autoencoder, the datasets and the search
   log_every: int = 50  # autoencoder steps per metrics record
   checkpoint_every: int = 500  # autoencoder steps per checkpoint (a multiple of log_every)
@@ -112,6 +116,7 @@ class Config:
     config.require(len(set(self.functions)) == len(self.functions),
                    f"functions must not repeat a name, got {self.functions}.")
     config.require(self.seed >= 0, f"seed must be >= 0, got {self.seed}.")
+    config.require(self.search_seeds >= 1, f"search_seeds must be >= 1, got {self.search_seeds}.")
 
 
 _PAPER = dict(d_model=256, num_heads=8, enc_layers=4, dec_layers=4, ae_steps=200_000, ae_batch=64,
@@ -120,7 +125,11 @@ _PAPER = dict(d_model=256, num_heads=8, enc_layers=4, dec_layers=4, ae_steps=200
               anneal_steps=3000, dense_steps=8000, finetune_steps=2000, log_every=500,
               checkpoint_every=5000)
 PRESETS = {
-    "quick": Config(),
+    # 3 searches (and dense baselines) per function on 8 of the 16 functions.
+    "quick": Config(search_seeds=3, functions=tuple(fns.FUNCTIONS)[:8]),
+    # The paper's comparison at the quick scale: 16 functions x 3 search seeds, and the
+    # fixed-activation autoencoder ablation.
+    "compare": Config(search_seeds=3, fixed_activation_ablation=True),
     "paper": Config(**_PAPER),  # the paper's settings (also under the older name "full")
     "full": Config(**_PAPER),
 }
@@ -137,8 +146,13 @@ def ae_schedule(cfg: Config) -> optax.Schedule:
   return optax.constant_schedule(cfg.ae_lr)
 
 
-def train_autoencoder(cfg: Config, run: config.Run, progress: metrics.RunProgress | None = None):
-  """Trains (or resumes) the autoencoder; returns ``(graphdef, params, history, n_params)``."""
+def train_autoencoder(cfg: Config, run: config.Run, progress: metrics.RunProgress | None = None,
+                      activation: str | None = None):
+  """Trains (or resumes) the autoencoder; returns ``(graphdef, params, history, n_params)``.
+
+  ``activation`` trains the fixed-activation variant (teachers that all use it)
+  in ``autoencoder_<activation>/``.
+  """
   model = ae.Autoencoder(cfg.ae_config(), rngs=nnx.Rngs(cfg.seed))
   tx = optax.adam(ae_schedule(cfg))
   if cfg.ae_clip > 0:
@@ -148,14 +162,17 @@ def train_autoencoder(cfg: Config, run: config.Run, progress: metrics.RunProgres
   log.info("Autoencoder: %d parameters.", n_params)
   step_fn = ae.make_step_fn(graphdef, tx, batch_size=cfg.ae_batch, num_points=cfg.ae_points,
                             seed=cfg.seed, normalize=cfg.normalize_loss,
-                            functional_weight=cfg.functional_weight, recon_weight=cfg.recon_weight)
+                            functional_weight=cfg.functional_weight, recon_weight=cfg.recon_weight,
+                            activation=activation)
   evaluate = ae.make_eval_fn(graphdef, seed=cfg.seed + 10_000, nets_per_depth=cfg.heldout_nets,
-                             num_points=cfg.ae_points)
+                             num_points=cfg.ae_points, activation=activation)
   initial = jax.device_get(evaluate(state["params"]))
   state, history = loop.train(
-      state, step_fn=step_fn, num_steps=cfg.ae_steps, workdir=run.path("autoencoder"),
+      state, step_fn=step_fn, num_steps=cfg.ae_steps,
+      workdir=run.path("autoencoder" if activation is None else f"autoencoder_{activation}"),
       log_every=cfg.log_every, checkpoint_every=cfg.checkpoint_every,
-      eval_fn=lambda s, step: evaluate(s["params"]), eval_every=cfg.log_every * 4, desc="autoencoder",
+      eval_fn=lambda s, step: evaluate(s["params"]), eval_every=cfg.log_every * 4,
+      desc="autoencoder" if activation is None else f"autoencoder ({activation} only)",
       progress=progress)
   history = [{"step": 0, **{k: float(v) for k, v in initial.items()}}] + list(history)
   return graphdef, state["params"], history, n_params
@@ -176,8 +193,13 @@ def _require_finite(tree, what: str, names: list[str]) -> None:
 
 
 def latent_search(cfg: Config, graphdef, params, data: list[fns.Dataset],
-                  progress: metrics.RunProgress | None = None) -> dict[int, dict]:
-  """Runs the search for every function at every depth (vmapped over functions)."""
+                  progress: metrics.RunProgress | None = None,
+                  activation: str | None = None) -> dict[int, dict]:
+  """Runs the search for every dataset entry at every depth (vmapped over entries).
+
+  Entry ``i`` starts from its own latent draw, so repeated datasets are
+  independent search seeds. ``activation`` fixes every neuron's activation.
+  """
   x = jnp.stack([d.x_train for d in data])
   y = jnp.stack([d.y_train for d in data])
   keys = jax.random.split(jax.random.key(cfg.seed + 1), len(data))
@@ -187,11 +209,13 @@ def latent_search(cfg: Config, graphdef, params, data: list[fns.Dataset],
     t0 = time.perf_counter()
 
     def decode(z, depth=depth):
-      return ae.bind(graphdef, params).decode(z, depth)
+      raw = ae.bind(graphdef, params).decode(z, depth)
+      return raw if activation is None else encoding.fix_activation(raw, depth, activation)
 
     run = jax.jit(jax.vmap(functools.partial(search.run_search, decode, depth,
                                              latent_shape=(encoding.H, cfg.d_model), cfg=scfg)))
-    with progress.phase(f"latent search, depth {depth}", units=cfg.search_steps) if progress \
+    what = "latent search" if activation is None else f"latent search ({activation} only)"
+    with progress.phase(f"{what}, depth {depth}", units=cfg.search_steps) if progress \
         else contextlib.nullcontext():
       res = jax.device_get(run(x, y, keys))
     _require_finite(res.params, f"the latent search at depth {depth}", [d.name for d in data])
@@ -245,37 +269,53 @@ def describe(net: encoding.Net) -> list[list[str]]:
           for l in range(encoding.depth_of(net))]
 
 
+def _search_outcome(cfg: Config, found: dict[int, dict], entries: list[fns.Dataset]) -> np.ndarray:
+  """Adds train / test MSE per depth; returns the chosen depth of every entry (best train MSE)."""
+  stack = lambda field: np.stack([getattr(d, field) for d in entries])  # noqa: E731
+  for depth in DEPTHS:
+    found[depth]["train_mse"] = mse(found[depth]["nets"], stack("x_train"), stack("y_train"))
+    found[depth]["test_mse"] = mse(found[depth]["nets"], stack("x_test"), stack("y_test"))
+    _require_finite(found[depth]["train_mse"], f"the searched nets' train MSE at depth {depth}",
+                    [d.name for d in entries])
+  # Depth selection on the training MSE of the hard-pruned models.
+  best = np.argmin(np.stack([found[d]["train_mse"] for d in DEPTHS]), axis=0)
+  return np.asarray(DEPTHS)[best]
+
+
 def main(argv=None) -> dict:
   cfg, run = config.cli(Config, PRESETS, paper="swat_nn", description=__doc__, argv=argv)
   t_start = time.perf_counter()
-  total = cfg.ae_steps + len(DEPTHS) * (cfg.search_steps + cfg.dense_steps + cfg.finetune_steps)
+  n_fixed = 2 if cfg.fixed_activation_ablation else 1
+  total = n_fixed * cfg.ae_steps + len(DEPTHS) * (n_fixed * cfg.search_steps + cfg.dense_steps
+                                                 + cfg.finetune_steps)
   with metrics.RunProgress(total, desc="swat_nn") as progress:
     graphdef, params, history, n_params = train_autoencoder(cfg, run, progress)
+    fixed_ae = (train_autoencoder(cfg, run, progress, activation=cfg.dense_activation)
+                if cfg.fixed_activation_ablation else None)
     t_ae = time.perf_counter() - t_start
     with progress.phase("regression datasets"):
       data = [fns.make_dataset(name, seed=cfg.seed, n_train=cfg.n_train, n_test=cfg.n_test)
               for name in cfg.functions]
-    found = latent_search(cfg, graphdef, params, data, progress)
-    stack = lambda field: np.stack([getattr(d, field) for d in data])  # noqa: E731
-    for depth in DEPTHS:
-      found[depth]["train_mse"] = mse(found[depth]["nets"], stack("x_train"), stack("y_train"))
-      found[depth]["test_mse"] = mse(found[depth]["nets"], stack("x_test"), stack("y_test"))
-      _require_finite(found[depth]["train_mse"], f"the searched nets' train MSE at depth {depth}",
-                      [d.name for d in data])
-    # Depth selection on the training MSE of the hard-pruned models.
-    train_table = np.stack([found[d]["train_mse"] for d in DEPTHS])
-    best = np.argmin(train_table, axis=0)
-    chosen_depth = np.asarray(DEPTHS)[best]
+    entries = data * cfg.search_seeds  # entry i: function i % F, search seed i // F
+    found = latent_search(cfg, graphdef, params, entries, progress)
+    chosen_depth = _search_outcome(cfg, found, entries)
+    fixed, fixed_depth = None, None
+    if fixed_ae is not None:
+      fixed = latent_search(cfg, fixed_ae[0], fixed_ae[1], entries, progress,
+                            activation=cfg.dense_activation)
+      fixed_depth = _search_outcome(cfg, fixed, entries)
     targets = {d: np.asarray(found[d]["counts"]["nonzero_params"]) for d in DEPTHS}
-    base = run_baselines(cfg, data, targets, progress)
+    base = run_baselines(cfg, entries, targets, progress)
   t_total = time.perf_counter() - t_start
 
+  stack = lambda field: np.stack([getattr(d, field) for d in entries])  # noqa: E731
+  tuned_by_depth = {k: mse(base[k]["tuned"], stack("x_test"), stack("y_test")) for k in DEPTHS}
   rows = []
-  for i, d in enumerate(data):
+  for i, d in enumerate(entries):
     depth = int(chosen_depth[i])
     f, b = found[depth], base[depth]
     pick = lambda tree: jax.tree.map(lambda v: v[i], tree)  # noqa: E731
-    row = {"function": d.name, "depth": depth,
+    row = {"function": d.name, "seed": i // len(data), "depth": depth,
            "swat_test_mse": float(f["test_mse"][i]), "swat_train_mse": float(f["train_mse"][i]),
            "swat_active_neurons": int(f["counts"]["active_neurons"][i]),
            "swat_params": int(f["counts"]["nonzero_params"][i]),
@@ -287,37 +327,125 @@ def main(argv=None) -> dict:
       row[f"{kind}_test_mse"] = float(mse(jax.tree.map(lambda v: v[None], net), d.x_test[None], d.y_test[None])[0])
     row["pruned_params"] = int(b["counts"][i, 2])
     row["swat_test_mse_by_depth"] = {str(k): float(found[k]["test_mse"][i]) for k in DEPTHS}
+    row["swat_params_by_depth"] = {str(k): int(found[k]["counts"]["nonzero_params"][i]) for k in DEPTHS}
+    row["tuned_test_mse_by_depth"] = {str(k): float(tuned_by_depth[k][i]) for k in DEPTHS}
+    if fixed is not None:
+      fd = int(fixed_depth[i])
+      row.update(fixed_depth=fd, fixed_test_mse=float(fixed[fd]["test_mse"][i]),
+                 fixed_params=int(fixed[fd]["counts"]["nonzero_params"][i]),
+                 fixed_test_mse_by_depth={str(k): float(fixed[k]["test_mse"][i]) for k in DEPTHS},
+                 fixed_params_by_depth={str(k): int(fixed[k]["counts"]["nonzero_params"][i])
+                                        for k in DEPTHS})
     rows.append(row)
 
-  def mean(key):
-    return float(np.mean([r[key] for r in rows]))
-
-  summary = {k: mean(k) for k in ("swat_test_mse", "dense_test_mse", "pruned_test_mse", "tuned_test_mse",
-                                  "swat_params", "dense_params", "pruned_params", "swat_active_neurons",
-                                  "dense_active_neurons")}
+  keys = ["swat_test_mse", "dense_test_mse", "pruned_test_mse", "tuned_test_mse", "swat_params",
+          "dense_params", "pruned_params", "swat_active_neurons", "dense_active_neurons"]
+  if fixed is not None:
+    keys += ["fixed_test_mse", "fixed_params"]
+  # Per search seed: the mean over functions; then mean, std, n and 95% CI over the seeds.
+  per_seed = {k: [float(np.mean([r[k] for r in rows if r["seed"] == s])) for s in range(cfg.search_seeds)]
+              for k in keys}
+  over_seeds = {k: stats.summarize(v) for k, v in per_seed.items()}
+  summary = {k: v["mean"] for k, v in over_seeds.items()}
   summary["mse_ratio_swat_over_dense"] = summary["swat_test_mse"] / summary["dense_test_mse"]
   summary["fewer_params_than_dense"] = summary["swat_params"] < summary["dense_params"]
   summary["mse_within_2x_of_dense"] = summary["mse_ratio_swat_over_dense"] <= 2.0
+  # Functions where SWAT-NN beats the equal-size pruned + fine-tuned dense net, per seed.
+  wins = [sum(r["swat_test_mse"] < r["tuned_test_mse"] for r in rows if r["seed"] == s)
+          for s in range(cfg.search_seeds)]
   heldout = [r for r in history if "heldout_loss" in r]
-  results = {"summary": summary, "functions": rows, "autoencoder_params": n_params,
+  results = {"summary": summary, "over_seeds": over_seeds, "search_seeds": cfg.search_seeds,
+             "wins_over_pruned_per_seed": wins, "functions": rows,
+             "per_function": per_function_stats(rows, keys),
+             "autoencoder_params": n_params,
              "heldout_first": _no_timing(heldout[0]), "heldout_last": _no_timing(heldout[-1])}
-  _write_figures(cfg, run, history, rows, data, found, chosen_depth)
-  files.atomic_write_text(run.path("table.md"), table_markdown(rows, summary) + "\n")
-  print(table_markdown(rows, summary))
-  run.write_results(results, [
-      {"metric": "SWAT-NN mean test MSE (scaled targets)", "value": summary["swat_test_mse"],
-       "note": f"{len(rows)} functions; dense {summary['dense_test_mse']:.4g}, "
-               f"pruned+FT {summary['tuned_test_mse']:.4g}"},
-      {"metric": "SWAT-NN mean non-zero params", "value": summary["swat_params"],
-       "note": f"dense same depth {summary['dense_params']:.1f}"},
+  if fixed_ae is not None:
+    fixed_heldout = [r for r in fixed_ae[2] if "heldout_loss" in r]
+    results["fixed_activation"] = {"activation": cfg.dense_activation,
+                                   "heldout_first": _no_timing(fixed_heldout[0]),
+                                   "heldout_last": _no_timing(fixed_heldout[-1])}
+  _write_figures(cfg, run, history, rows[:len(data)], data, found, chosen_depth[:len(data)])
+  tables = [table_markdown(rows[:len(data)], {k: float(np.mean([r[k] for r in rows[:len(data)]]))
+                                                for k in keys}),
+            comparison_markdown(results["per_function"], fixed is not None),
+            depth_markdown(rows, fixed is not None)]
+  files.atomic_write_text(run.path("table.md"), "\n\n".join(tables) + "\n")
+  print("\n\n".join(tables[1:]))
+  o = over_seeds
+  n_f = len(data)
+  headline = [
+      {"metric": "SWAT-NN mean test MSE (scaled targets, mean over functions)",
+       "value": stats.spread(o["swat_test_mse"]),
+       "note": f"{n_f} functions x {cfg.search_seeds} search seeds; equal-size pruned dense + fine-tune "
+               f"{stats.spread(o['tuned_test_mse'])}; dense {stats.spread(o['dense_test_mse'])}"},
+      {"metric": "SWAT-NN mean non-zero params", "value": stats.spread(o["swat_params"]),
+       "note": f"dense same depth {summary['dense_params']:.1f}; SWAT-NN beats the equal-size pruned "
+               f"net on {' / '.join(map(str, wins))} of {n_f} functions (per seed)"},
       {"metric": "SWAT-NN / dense mean test MSE", "value": summary["mse_ratio_swat_over_dense"],
        "note": "acceptance: <= 2"},
       {"metric": "AE held-out functional loss (normalized), first -> last",
        "value": heldout[-1]["heldout_loss_normalized"],
-       "note": f"from {heldout[0]['heldout_loss_normalized']:.4g} at step 0"},
-  ], timing={"autoencoder_seconds": t_ae, "total_seconds": t_total})
+       "note": f"from {heldout[0]['heldout_loss_normalized']:.4g} at step 0; {n_params} parameters, "
+               f"{cfg.ae_steps} steps x {cfg.ae_batch} teachers"},
+  ]
+  if fixed is not None:
+    headline.insert(2, {"metric": f"fixed-activation ({cfg.dense_activation}) AE search mean test MSE",
+                        "value": stats.spread(o["fixed_test_mse"]),
+                        "note": f"mean non-zero params {stats.spread(o['fixed_params'])}"})
+  run.write_results(results, headline, timing={"autoencoder_seconds": t_ae, "total_seconds": t_total})
   log.info("Done in %.0f s (autoencoder %.0f s).", t_total, t_ae)
   return results
+
+
+def per_function_stats(rows: list[dict], keys: list[str]) -> dict[str, dict]:
+  """``function -> key -> summary over search seeds``."""
+  out = {}
+  for name in dict.fromkeys(r["function"] for r in rows):
+    mine = [r for r in rows if r["function"] == name]
+    out[name] = {k: stats.summarize([r[k] for r in mine]) for k in keys}
+    out[name]["depths"] = [r["depth"] for r in mine]
+  return out
+
+
+def _ms(s: dict, digits: int = 3) -> str:
+  return f"{s['mean']:.{digits}g} +- {s['std']:.{digits}g}"
+
+
+def comparison_markdown(per_function: dict[str, dict], fixed: bool) -> str:
+  """Per function, mean +- std over search seeds: SWAT-NN vs the equal-size baselines."""
+  n = next(iter(per_function.values()))["swat_test_mse"]["n"]
+  head = ["function", "SWAT depths", "SWAT test MSE", "SWAT params", "pruned+FT test MSE (same params)",
+          "dense test MSE", "dense params"]
+  if fixed:
+    head += ["fixed-act test MSE", "fixed-act params"]
+  lines = [f"Mean +- std over n={n} search seeds.", "", "| " + " | ".join(head) + " |",
+           "|" + "---|" * len(head)]
+  for name, s in per_function.items():
+    cells = [name, " ".join(map(str, s["depths"])), _ms(s["swat_test_mse"]), _ms(s["swat_params"]),
+             _ms(s["tuned_test_mse"]), _ms(s["dense_test_mse"]), f"{s['dense_params']['mean']:.1f}"]
+    if fixed:
+      cells += [_ms(s["fixed_test_mse"]), _ms(s["fixed_params"])]
+    lines.append("| " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
+def depth_markdown(rows: list[dict], fixed: bool) -> str:
+  """Per function and depth, mean over search seeds: SWAT-NN, pruned+FT to its size, fixed-activation."""
+  head = ["function", "depth", "SWAT test MSE", "SWAT params", "pruned+FT test MSE"]
+  if fixed:
+    head += ["fixed-act test MSE", "fixed-act params"]
+  lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+  for name in dict.fromkeys(r["function"] for r in rows):
+    mine = [r for r in rows if r["function"] == name]
+    for depth in DEPTHS:
+      k = str(depth)
+      mean = lambda key: float(np.mean([r[key][k] for r in mine]))  # noqa: E731
+      cells = [name, k, f"{mean('swat_test_mse_by_depth'):.3g}", f"{mean('swat_params_by_depth'):.1f}",
+               f"{mean('tuned_test_mse_by_depth'):.3g}"]
+      if fixed:
+        cells += [f"{mean('fixed_test_mse_by_depth'):.3g}", f"{mean('fixed_params_by_depth'):.1f}"]
+      lines.append("| " + " | ".join(cells) + " |")
+  return "\n".join(lines)
 
 
 def _no_timing(record: dict) -> dict:

@@ -208,6 +208,116 @@ def test_masked_steps_leave_state_unchanged_and_step_caps_hold():
   assert int(m["steps_0"]) == 1 and _max_diff(v_cap, v_one) < 1e-7
 
 
+# ---------------------------------------------------------------------------
+# FedAlt's personal optimizer and step caps, FedSim's joint step: against NumPy
+
+
+def _net_grads_np(p, x, y, m):
+  """Gradients of the masked mean cross-entropy of `_loss` (float64)."""
+  h = np.tanh(x @ p["inp/w"] + p["inp/b"])
+  logits = h @ p["out/w"] + p["out/b"]
+  prob = np.exp(logits - logits.max(1, keepdims=True))
+  prob /= prob.sum(1, keepdims=True)
+  prob[np.arange(len(y)), y] -= 1.0
+  d_logits = prob * m[:, None] / max(1.0, m.sum())
+  d_pre = (d_logits @ p["out/w"].T) * (1 - h ** 2)
+  return {"inp/w": x.T @ d_pre, "inp/b": d_pre.sum(0), "out/w": h.T @ d_logits,
+          "out/b": d_logits.sum(0)}
+
+
+def _client_np(c=0):
+  data = _data()
+  return (data.x[c].astype(np.float64), data.y[c], data.mask[c].astype(np.float64),
+          data.x[c], data.y[c], data.mask[c])
+
+
+def _np_params(*blocks):
+  return {k: np.asarray(v, np.float64) for b in blocks for k, v in b.items()}
+
+
+def test_fedalt_personal_optimizer_and_step_cap_match_numpy():
+  params, loss_fn, _, part = _model("output")
+  u, v, frozen = part.split(params)
+  xs, ys, ms, x, y, mask = _client_np()
+  real = int(mask.any(-1).sum())
+  assert real == 3
+  p_lr, s_lr = 0.3, 0.1
+  for cap in (1, 2, 4):
+    a = alg.fedalt(loss_fn, part, optax.sgd(s_lr), personal_tx=optax.sgd(p_lr), personal_steps=cap,
+                   clients_per_round=2)
+    u1, v1, m = sim.local_train(loss_fn, part.merge, a.phases, u, v, frozen, x, y, mask, epochs=2)
+    assert int(m["steps_0"]) == cap and int(m["steps_1"]) == 2 * real  # the cap is the personal one's
+    w = _np_params(u, v)
+    for t in range(cap):  # personal phase: v only, personal lr, u frozen
+      g = _net_grads_np(w, xs[t % 3], ys[t % 3], ms[t % 3])
+      for k in v:
+        w[k] = w[k] - p_lr * g[k]
+    for t in range(2 * real):  # shared phase: u only, client lr, the new v frozen
+      g = _net_grads_np(w, xs[t % 3], ys[t % 3], ms[t % 3])
+      for k in u:
+        w[k] = w[k] - s_lr * g[k]
+    for k in v:
+      np.testing.assert_allclose(v1[k], w[k], atol=2e-6, err_msg=f"cap {cap}: {k}")
+    for k in u:
+      np.testing.assert_allclose(u1[k], w[k], atol=2e-6, err_msg=f"cap {cap}: {k}")
+
+
+def test_fedalt_with_zero_personal_lr_leaves_v_unchanged_in_a_round():
+  params, loss_fn, _, part = _model("output")
+  data = _data()
+  a = alg.fedalt(loss_fn, part, optax.sgd(0.1), personal_tx=optax.sgd(0.0), clients_per_round=N)
+  state = a.init(params, N, jax.random.key(0))
+  new, _ = a.round(state, data)
+  assert _max_diff(new.personal, state.personal) == 0.0
+  assert _max_diff(new.shared, state.shared) > 1e-3
+  b = alg.fedalt(loss_fn, part, optax.sgd(0.1), clients_per_round=N)  # personal_tx defaults to tx
+  assert _max_diff(b.round(b.init(params, N, jax.random.key(0)), data)[0].personal,
+                   state.personal) > 1e-3
+
+
+def test_fedsim_joint_step_matches_numpy():
+  params, loss_fn, _, part = _model("output")
+  u, v, frozen = part.split(params)
+  xs, ys, ms, x, y, mask = _client_np()
+  lr = 0.2
+  a = alg.fedsim(loss_fn, part, optax.sgd(lr), clients_per_round=2)
+  u1, v1, m = sim.local_train(loss_fn, part.merge, a.phases, u, v, frozen, x, y, mask)
+  assert int(m["steps_0"]) == 3
+  w = _np_params(u, v)
+  for t in range(3):  # Jacobi: u and v step together from the same point
+    g = _net_grads_np(w, xs[t], ys[t], ms[t])
+    w = {k: w[k] - lr * g[k] for k in w}
+  for k in v:
+    np.testing.assert_allclose(v1[k], w[k], atol=2e-6, err_msg=k)
+  for k in u:
+    np.testing.assert_allclose(u1[k], w[k], atol=2e-6, err_msg=k)
+
+
+def test_stateless_cache_holds_last_trained_v_and_fresh_gives_v0():
+  data = _data()
+  a_sf, s_sf = _algo("fedsim", stateful=True)
+  a_c, s_c = _algo("fedsim", stateful=False)
+  a_f, s_f = _algo("fedsim", stateful=False, stateless_eval="fresh")
+  v0 = jax.tree.map(lambda x: x[0], s_sf.personal)
+  assert s_f.cache == {} and s_sf.cache == {}
+  r_sf, _ = a_sf.round(s_sf, data)
+  r_c, _ = a_c.round(s_c, data)
+  r_f, _ = a_f.round(s_f, data)
+  # Round 1 starts from v_0 in both settings: the cache equals the stateful store.
+  assert _max_diff(a_c.client_personal(r_c, N), r_sf.personal) < 1e-7
+  assert _max_diff(a_f.client_personal(r_f, N), pz.stack(v0, N)) == 0.0
+  assert _max_diff(r_c.personal, v0) == 0.0  # training still restarts from v_0
+  # Round 2: stateless training starts from v_0 again; the cache keeps the newest v_i.
+  r2_c, _ = a_c.round(r_c, data)
+  idx = np.asarray(a_c.sample(r_c, N))
+  p_c = a_c.client_personal(r2_c, N)
+  for c in range(N):
+    moved = any(not np.array_equal(p_c[k][c], a_c.client_personal(r_c, N)[k][c]) for k in p_c)
+    assert moved == (c in idx and bool(data.mask[c].any())), c
+  with pytest.raises(ValueError, match="stateless_eval"):
+    _algo("fedsim", stateful=False, stateless_eval="v0")
+
+
 def test_prox_term_matches_numpy():
   # Two SGD steps on f(w) = 0.5 * mean((x w - y)^2) + (lam/2) ||w - w0||^2.
   rng = np.random.default_rng(0)

@@ -105,3 +105,14 @@ def test_dense_count_and_bad_depth():
   assert [enc.dense_param_count(d) for d in (1, 2, 3, 4)] == [29, 85, 141, 197]
   with pytest.raises(ValueError, match="depth must be in 1..4"):
     enc.real_entries(5)
+
+
+def test_fixed_activation_teachers_and_decoder():
+  from nas import encoding as enc
+  batch = enc.sample_teachers(jax.random.key(0), 4, 8, depth=3, activation="tanh")
+  nets = jax.vmap(lambda t: enc.decode(t, 3))(batch.tensors)
+  assert np.all(np.argmax(np.asarray(nets.act), -1) == enc.ACTIVATIONS.index("tanh"))
+  raw = jax.random.normal(jax.random.key(1), (enc.H, enc.WIDTH))
+  fixed = enc.parse(enc.fix_activation(raw, 2, "sigmoid"), 2)
+  np.testing.assert_allclose(jax.nn.softmax(fixed.act, -1)[..., 0], 1.0, atol=1e-6)
+  np.testing.assert_array_equal(enc.parse(raw, 2).w, fixed.w)

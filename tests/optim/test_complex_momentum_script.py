@@ -29,7 +29,8 @@ def test_script_tiny_run(tmp_path):
   complex_rho, *real_rhos = (float(v) for v in rhos.split(" / "))
   assert complex_rho < 1.0 <= min(real_rhos) + 1e-5
   gan = results["results"]["gan"]["methods"]
-  assert len(gan) == 3 and all(0 <= r["mean_modes"] <= 8 for r in gan.values())
+  assert len(gan) == 5 and all(0 <= r["mean_modes"] <= 8 for r in gan.values())
+  assert all(r["window"]["modes"]["n"] == 1 for r in gan.values())
   for png in ("adversarial_sweep.png", "adversarial_sweep_rho.png", "gan_modes.png",
               "gan_samples.png"):
     assert (workdir / png).stat().st_size > 0

@@ -370,3 +370,29 @@ def test_grouped_same_shape_leaves_equal_per_leaf_steps():
   single, _ = _run(D.scale_by_dion(0.5, qr_method="qr", group_same_shape=False), params, grads)
   jax.tree.map(lambda x, y: np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=1e-5),
                grouped, single)
+
+
+# ---------------------------------------------------------------- input checks
+
+
+def test_transposed_gradient_names_the_leaf():
+  tx = D.scale_by_dion(0.5)
+  params = {"layer": {"w": jnp.zeros((16, 24))}}
+  state = tx.init(params)
+  with pytest.raises(ValueError, match=r"'layer/w' has shape \(24, 16\).*\(16, 24\)"):
+    tx.update({"layer": {"w": jnp.zeros((24, 16))}}, state, params)
+
+
+def test_integer_parameters_are_refused():
+  with pytest.raises(ValueError, match=r"'w'.*int32"):
+    D.scale_by_dion().init({"w": jnp.zeros((8, 8), jnp.int32)})
+
+
+def test_update_comes_back_in_the_parameter_dtype():
+  params = {"w": jnp.zeros((16, 24), jnp.bfloat16)}
+  tx = D.dion(0.1, 0.5)
+  u, _ = tx.update({"w": _randn(0, (16, 24))}, tx.init(params), params)  # f32 gradient
+  assert u["w"].dtype == jnp.bfloat16
+  u, _ = D.scale_by_dion(0.5).update({"w": _randn(0, (16, 24))},
+                                     D.scale_by_dion(0.5).init(params))
+  assert u["w"].dtype == jnp.bfloat16  # no params given: the dtype the state keeps

@@ -26,7 +26,7 @@ def test_labels_by_path_then_ndim():
   assert labels["stack"]["kernel"] == L.MATRIX
   assert labels["lm_head"]["kernel"] == L.HEAD
   assert labels["lm_head"]["bias"] == L.HEAD
-  assert L.count(labels) == {L.MATRIX: 2, L.VECTOR: 2, L.EMBEDDING: 1, L.HEAD: 2}
+  assert L.count(labels) == {L.MATRIX: 2, L.VECTOR: 2, L.EMBEDDING: 1, L.HEAD: 2, L.CONV: 0}
 
 
 def test_custom_keys_and_callable():
@@ -55,3 +55,11 @@ def test_nnx_state_paths():
 def test_resolve_rejects_unknown_label():
   with pytest.raises(ValueError, match="'w'"):
     L.resolve({"w": "muon"}, {"w": jnp.zeros((2, 2))})
+
+
+def test_conv_kernels_get_their_own_label():
+  params = {"Conv_0": {"kernel": jnp.zeros((3, 3, 1, 8)), "bias": jnp.zeros(8)},
+            "conv1d": {"kernel": jnp.zeros((5, 4, 8))}, "stack": {"kernel": jnp.zeros((3, 4, 4))}}
+  labels = L.label_params(params)
+  assert labels["Conv_0"]["kernel"] == L.CONV and labels["conv1d"]["kernel"] == L.CONV
+  assert labels["Conv_0"]["bias"] == L.VECTOR and labels["stack"]["kernel"] == L.MATRIX

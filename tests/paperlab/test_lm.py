@@ -49,7 +49,7 @@ def test_char_gpt_is_causal_and_labelled_for_routing():
   counts = L.count(L.label_params(nnx.to_pure_dict(nnx.state(model))))
   # 2 layers x (q, k, v, o, up, down); token + position embeddings; untied head;
   # 2 x 2 block norms + final norm.
-  assert counts == {L.MATRIX: 12, L.EMBEDDING: 2, L.HEAD: 1, L.VECTOR: 5}
+  assert counts == {L.MATRIX: 12, L.EMBEDDING: 2, L.HEAD: 1, L.VECTOR: 5, L.CONV: 0}
   with pytest.raises(ValueError, match="heads"):
     lm.CharGPT(11, 10, 1, 3, 8, rngs=nnx.Rngs(0))
 
