@@ -270,3 +270,6 @@ def image_grid(images: np.ndarray, path: str | pathlib.Path, *, ncols: int = 8,
   if title:
     fig.suptitle(title, fontsize=9)
   return save(fig, path)
+
+
+_save = save  # the former private name, still used by callers written before `save` was public
