@@ -10,11 +10,13 @@ Flat names::
 
 Submodules: `algorithms` (FedAvg / FedSim / FedAlt, fine-tuning, evaluation),
 `simulate` (vmapped client execution), `personalization` (personal splits),
-`datasets` (federated image / Shakespeare data), `models`, and the FedAST
-modules.
+`datasets` (federated image / Shakespeare data), `models`, and FedAST:
+`fedast` (the simulated-time runtime: ``fed.fedast.Simulation``,
+``fed.fedast.RuntimeConfig``, ``fed.fedast.Task``) with its pure server rules
+in `fedast_rules`.
 """
 
-from fed import algorithms, datasets, models, personalization, simulate
+from fed import algorithms, datasets, fedast, fedast_rules, models, personalization, simulate
 from fed.algorithms import (
     FedAlgorithm,
     FedState,
@@ -40,6 +42,8 @@ __all__ = (
     "datasets",
     "evaluate_clients",
     "fedalt",
+    "fedast",
+    "fedast_rules",
     "fedavg",
     "fedsim",
     "label_params",

@@ -145,7 +145,7 @@ class Simulation:
   def _duration(self, task: int, client: int) -> float:
     t = self.tasks[task]
     s = self.speed[client]
-    return self.cfg.duration_scale * (self.rng.exponential(t.exp_mean * s) + t.shift * s)
+    return float(self.cfg.duration_scale * (self.rng.exponential(t.exp_mean * s) + t.shift * s))
 
   def _count_refs(self) -> None:
     """Jobs in flight per (task, start version) and busy clients, derived from the queue."""

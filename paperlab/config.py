@@ -243,12 +243,161 @@ def parse_args(args_cls: type[C], *, argv: Sequence[str] | None = None, descript
   return args
 
 
+@dataclasses.dataclass(frozen=True)
+class SweepOptions:
+  """What a script can sweep (see `paperlab.sweep`).
+
+  Attributes:
+    numeric: config fields varied per member of one compiled program
+      (learning rates, betas, weights ...).
+    static: config fields the script groups: each value is its own static
+      group (compiled once), e.g. a rank or a batch size.
+    seeds: whether ``--seeds`` is supported.
+    check: ``(config, request) -> None``, the script's own checks of a sweep
+      (raise `ConfigError`), run before the run directory is made.
+  """
+  numeric: tuple[str, ...] = ()
+  static: tuple[str, ...] = ()
+  seeds: bool = True
+  check: Callable[[Any, "SweepRequest"], None] | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepRequest:
+  """The parsed ``--seeds`` / ``--sweep`` / ``--sweep-zip`` flags (empty: a single run)."""
+  seeds: tuple[int, ...] | None = None
+  numeric: tuple[tuple[str, tuple[float, ...]], ...] = ()
+  static: tuple[tuple[str, tuple[Any, ...]], ...] = ()
+  zipped: bool = False
+
+  def __bool__(self) -> bool:
+    return self.seeds is not None or bool(self.numeric) or bool(self.static)
+
+  def to_dict(self) -> dict[str, Any]:
+    return {"seeds": None if self.seeds is None else list(self.seeds),
+            "numeric": {k: list(v) for k, v in self.numeric}, "static": {k: list(v) for k, v in self.static},
+            "zipped": self.zipped}
+
+
+def parse_seeds(tokens: Sequence[str]) -> tuple[int, ...]:
+  """``["0", "1", "2"]`` or ``["0:8"]`` (a half-open range) -> seeds.
+
+  Raises:
+    ConfigError: no seed, a token that is not an integer or a range, a
+      negative or repeated seed, an empty range.
+  """
+  seeds: list[int] = []
+  for tok in tokens:
+    head, sep, tail = tok.partition(":")
+    try:
+      part = list(range(int(head), int(tail))) if sep else [int(tok)]
+    except ValueError:
+      raise ConfigError(f"--seeds {tok!r}: expected integers (0 1 2) or a range START:STOP (0:8).") from None
+    if not part:
+      raise ConfigError(f"--seeds {tok!r} is an empty range.")
+    seeds += part
+  if not seeds:
+    raise ConfigError("--seeds needs at least one seed, e.g. --seeds 0 1 2 or --seeds 0:8.")
+  if min(seeds) < 0 or len(set(seeds)) != len(seeds):
+    raise ConfigError(f"--seeds must be distinct and >= 0, got {seeds}.")
+  return tuple(seeds)
+
+
+def _field_types(config_cls: type) -> dict[str, Any]:
+  hints = typing.get_type_hints(config_cls)
+  return {f.name: hints[f.name] for f in dataclasses.fields(config_cls)}
+
+
+def parse_sweep(config_cls: type, options: SweepOptions | None, sweeps: Sequence[str],
+                seeds: Sequence[str] | None, zipped: bool = False) -> SweepRequest:
+  """Checks ``--sweep KEY=V1,V2,...`` flags against the config and the script's `SweepOptions`.
+
+  Raises:
+    ConfigError: the script sweeps nothing, an unknown key, a repeated key, an
+      empty list, a non-numeric value for a numeric field, or a field the
+      script cannot vary per member or group (one line, before compute).
+  """
+  if not options and (sweeps or seeds is not None):
+    raise ConfigError("this script does not run sweeps (--sweep / --seeds); run it once per setting.")
+  if options is None:
+    return SweepRequest()
+  if seeds is not None and not options.seeds:
+    raise ConfigError("this script does not sweep seeds (--seeds); use --seed.")
+  types = _field_types(config_cls)
+  numeric, static = {}, {}
+  for spec in sweeps:
+    key, sep, text = spec.partition("=")
+    key = key.strip().replace("-", "_")
+    if not sep or not key:
+      raise ConfigError(f"--sweep {spec!r}: expected KEY=V1,V2,... (e.g. --sweep lr=0.01,0.1).")
+    if key not in types:
+      raise ConfigError(f"--sweep {spec!r}: unknown key {key!r}; this script sweeps "
+                        f"{', '.join(options.numeric + options.static) or 'only seeds'}.")
+    if key in numeric or key in static:
+      raise ConfigError(f"--sweep {key} is given twice; list all its values in one flag.")
+    values = [v.strip() for v in text.split(",") if v.strip()]
+    if not values:
+      raise ConfigError(f"--sweep {spec!r}: empty list of values for {key}.")
+    kind = types[key]
+    if key in options.numeric:
+      cast = int if kind is int else float
+      try:
+        numeric[key] = tuple(cast(v) for v in values)
+      except ValueError:
+        bad = next(v for v in values if not _castable(cast, v))
+        raise ConfigError(f"--sweep {spec!r}: {bad!r} is not a number ({key} is a numeric field).") from None
+      if any(not math.isfinite(v) for v in numeric[key]):
+        raise ConfigError(f"--sweep {spec!r}: values must be finite.")
+    elif key in options.static:
+      cast = kind if kind in (int, float, str) else str
+      try:
+        static[key] = tuple(cast(v) for v in values)
+      except ValueError:
+        raise ConfigError(f"--sweep {spec!r}: values must be of type {cast.__name__}.") from None
+    elif kind in (int, float):
+      raise ConfigError(f"--sweep {key}: this script cannot sweep {key} (it changes shapes or code "
+                        f"paths and is not grouped here); it sweeps "
+                        f"{', '.join(options.numeric + options.static) or 'only seeds'}.")
+    else:
+      raise ConfigError(f"--sweep {key}: {key} is a static setting that this script cannot group; "
+                        f"it sweeps {', '.join(options.numeric + options.static) or 'only seeds'}.")
+  if zipped and len({len(v) for v in numeric.values()}) > 1:
+    raise ConfigError(f"--sweep-zip needs lists of equal length, got "
+                      f"{ {k: len(v) for k, v in numeric.items()} }.")
+  return SweepRequest(None if seeds is None else parse_seeds(seeds), tuple(numeric.items()),
+                      tuple(static.items()), zipped)
+
+
+def _castable(cast: Callable, v: str) -> bool:
+  try:
+    cast(v)
+    return True
+  except ValueError:
+    return False
+
+
+def _validate_members(cfg: Any, request: SweepRequest) -> None:
+  """Validates the config at every swept value (a bad value fails before compute)."""
+  for key, values in request.numeric + request.static:
+    for v in values:
+      try:
+        validate(dataclasses.replace(cfg, **{key: v}))
+      except ConfigError as e:
+        raise ConfigError(f"--sweep {key}={v:g}: {e}" if isinstance(v, float) else f"--sweep {key}={v}: {e}") from None
+  if request.seeds is not None and hasattr(cfg, "seed"):
+    for s in request.seeds:
+      validate(dataclasses.replace(cfg, seed=s))
+
+
+SWEEP_FILE = "sweep_request.json"
+
+
 _ACTIVE: dict[str, Any] = {}  # the current script run, for `main`'s hints
 
 
 def cli(config_cls: type[C], presets: Mapping[str, C], *, paper: str, description: str = "",
         argv: Sequence[str] | None = None, default_preset: str | None = None,
-        multiprocess: bool = False) -> tuple[C, Run]:
+        multiprocess: bool = False, sweep: SweepOptions | None = None) -> tuple[C, Run]:
   """Parses the command line into ``(config, run)``.
 
   Options: ``--preset NAME`` (one of ``presets``; default the first, usually
@@ -261,6 +410,14 @@ def cli(config_cls: type[C], presets: Mapping[str, C], *, paper: str, descriptio
   ``--num-processes``, ``--process-id``, ``--distributed``) and the
   environment of `paperlab.launch` start the multi-process runtime first;
   otherwise asking for several processes stops the script with a message.
+
+  Sweeps: ``--seeds 0 1 2`` / ``--seeds 0:8`` and ``--sweep KEY=V1,V2,...``
+  (repeatable; a Cartesian product, or zipped with ``--sweep-zip``) are
+  checked against ``sweep`` (the script's `SweepOptions`) and the config at
+  every value, and returned as ``run.sweep`` (a `SweepRequest`; saved as
+  ``sweep_request.json``: a rerun with other members is refused like a
+  different config). A config with a ``seeds`` field of its own keeps
+  ``--seeds`` for that field.
 
   Raises:
     SystemExit: ``--help`` (exit code 0).
@@ -275,14 +432,21 @@ def cli(config_cls: type[C], presets: Mapping[str, C], *, paper: str, descriptio
   else:
     distributed.require_single_process(f"scripts/{paper}.py", argv)
   default_preset = default_preset or next(iter(presets))
-  pre = _PreParser(add_help=False)
+  pre = _PreParser(add_help=False, allow_abbrev=False)  # --seed must not read as --seeds
   pre.add_argument("--preset", choices=list(presets), default=default_preset)
   pre.add_argument("--workdir", default=None)
   pre.add_argument("--fresh", action="store_true")
   pre.add_argument("--fork-from", default=None)
   pre.add_argument("--data-dir", default=None)
   pre.add_argument("--debug", action="store_true")
+  pre.add_argument("--sweep", action="append", default=[])
+  pre.add_argument("--sweep-zip", action="store_true")
+  own_seeds = "seeds" in {f.name for f in dataclasses.fields(config_cls)}  # a config field of its own
+  if not own_seeds:
+    pre.add_argument("--seeds", nargs="*", default=None)
   known, rest = pre.parse_known_args(argv)
+  request = parse_sweep(config_cls, sweep, known.sweep, None if own_seeds else known.seeds,
+                        known.sweep_zip)
   header = (description.strip() + "\n\n" if description else "") + (
       "Run options (parsed before the config flags):\n"
       f"  --preset NAME   starting values, one of: {', '.join(presets)} (default {default_preset})\n"
@@ -291,7 +455,11 @@ def cli(config_cls: type[C], presets: Mapping[str, C], *, paper: str, descriptio
       "  --fork-from RUN_DIR[:STEP]  new run (in --workdir, default RUN_DIR-fork) from the\n"
       "                  checkpoints of RUN_DIR (up to STEP) with the settings of this command\n"
       "  --data-dir DIR  TFDS data directory (default $TFDS_DATA_DIR or ~/tensorflow_datasets)\n"
-      f"  --debug         print tracebacks (also: {DEBUG_ENV}=1)\n\n"
+      f"  --debug         print tracebacks (also: {DEBUG_ENV}=1)\n"
+      + ("  --seeds 0 1 2 | 0:8   one member per seed (one jitted program, see paperlab.sweep)\n"
+         "  --sweep KEY=V1,V2,... members per value (repeatable: a grid; --sweep-zip zips the lists);\n"
+         f"                  keys: {', '.join(sweep.numeric + sweep.static) or 'none'}\n"
+         if sweep else "") + "\n"
       + (distributed.FLAGS_HELP + "\n\n" if multiprocess else "")
       + "Presets (fields that differ from the defaults):\n" + _preset_lines(config_cls, presets))
   cfg = _tyro_cli(config_cls, default=presets[known.preset], args=rest, description=header,
@@ -299,11 +467,23 @@ def cli(config_cls: type[C], presets: Mapping[str, C], *, paper: str, descriptio
   if known.data_dir:  # before validate(): a config may check that its dataset is prepared
     os.environ["TFDS_DATA_DIR"] = str(pathlib.Path(known.data_dir).expanduser())
   validate(cfg)
+  _validate_members(cfg, request)
+  if request and sweep is not None and sweep.check is not None:
+    sweep.check(cfg, request)
   try:
     run = prepare_run(cfg, paper=paper, preset=known.preset, workdir=known.workdir, fresh=known.fresh,
                       fork_from=known.fork_from)
   except ValueError as e:
     raise ConfigError(str(e)) from e
+  saved = run.path(SWEEP_FILE)
+  old = files.load_json(saved) if saved.exists() else SweepRequest().to_dict()
+  if old != request.to_dict() and not known.fork_from and (run.path("results.json").exists() or any(
+      run.workdir.rglob("checkpoints"))):
+    raise ConfigError(f"{run.workdir} holds a run with other sweep members ({old} -> {request.to_dict()}). "
+                      "Pass --fresh to start it over or --workdir DIR for a new run.")
+  if distributed.is_main():
+    files.save_json(saved, request.to_dict())
+  run = dataclasses.replace(run, sweep=request)
   setup_logging(run.workdir)
   from paperlab import metrics  # pylint: disable=g-import-not-at-top
   metrics.start_heartbeat(paper)  # no phase of the run is silent in log.txt for long

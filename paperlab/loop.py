@@ -158,7 +158,7 @@ def train(state: Any, *, step_fn: StepFn, num_steps: int, workdir: str | pathlib
           ckpt.save(end, new_state)
         progress.advance((end - step) * progress_weight,
                          {k: v for k, v in committed[2].items()
-                          if k not in ("step", "chunk_s") and isinstance(v, float)})
+                          if k not in ("step", "chunk_s") and "/" not in k and isinstance(v, float)})
   except KeyboardInterrupt:
     _save_committed(committed, start, writer, ckpt)
     raise

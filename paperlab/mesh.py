@@ -19,8 +19,9 @@ DATA = "data"  # data parallelism: batch axis, per-replica optimizer state
 FSDP = "fsdp"  # fully-sharded data parallel: parameters sharded on one dim
 TP = "tp"  # tensor parallel: parameters sharded on the other dim
 CLIENTS = "clients"  # federated simulation: the sampled-client axis
+SWEEP = "sweep"  # sweeps: the member axis of a stacked train state (paperlab.sweep)
 
-AXES = (DATA, FSDP, TP, CLIENTS)
+AXES = (DATA, FSDP, TP, CLIENTS, SWEEP)
 
 
 def parse_mesh(spec: str) -> dict[str, int]:

@@ -272,4 +272,38 @@ def image_grid(images: np.ndarray, path: str | pathlib.Path, *, ncols: int = 8,
   return save(fig, path)
 
 
+def sweep_plot(points: Sequence[Mapping[str, Any]], key: str, metric: str, path: str | pathlib.Path, *,
+               title: str = "", logx: bool | None = None) -> pathlib.Path:
+  """Final ``metric`` vs swept hyperparameter ``key``: mean over seeds, bars of one std.
+
+  ``points`` are `paperlab.sweep.aggregate` rows; one line per combination of
+  the other swept keys. ``logx`` defaults to True when the values span more
+  than a factor of 10 and are all positive.
+  """
+  lines: dict[str, list[tuple[float, float, float]]] = {}
+  for p in points:
+    others = ", ".join(f"{k}={v:g}" for k, v in p["point"].items() if k != key)
+    stats = p[metric]
+    lines.setdefault(others or "all seeds", []).append((p["point"][key], stats["mean"], stats["std"]))
+  fig, ax = plt.subplots(figsize=(6.4, 4.2))
+  xs_all = []
+  for label, pts in lines.items():
+    x, y, e = (np.asarray(v, float) for v in zip(*sorted(pts)))
+    xs_all += list(x)
+    ax.errorbar(x, y, yerr=np.nan_to_num(e), marker="o", capsize=3, label=label)
+  xs = np.asarray(xs_all)
+  if logx is None:
+    logx = bool(xs.size and np.all(xs > 0) and xs.max() > 10 * xs.min())
+  if logx:
+    ax.set_xscale("log")
+    _plain_log_axis(ax.xaxis, xs)
+  n = max((p[metric]["n"] for p in points), default=0)
+  ax.set_xlabel(key)
+  ax.set_ylabel(f"final {metric} (mean +- std, up to {n} seeds)")
+  ax.set_title(title or f"final {metric} vs {key}")
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=8)
+  return save(fig, path)
+
+
 _save = save  # the former private name, still used by callers written before `save` was public

@@ -85,6 +85,7 @@ class Run:
   workdir: pathlib.Path
   paper: str
   preset: str
+  sweep: Any = None  # the `paperlab.config.SweepRequest` of the command line (None: not parsed)
 
   def path(self, name: str) -> pathlib.Path:
     return self.workdir / name

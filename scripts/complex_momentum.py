@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import matplotlib.pyplot as plt
 import numpy as np
 
-from paperlab import config, metrics, plots, stats
+from paperlab import config, metrics, plots, stats, sweep
 from complex_momentum_gan import gan_experiment
 from optim import games
 from optim import complex_momentum
@@ -171,25 +171,31 @@ PRESETS = {
 # ------------------------------------------------------------------- (a) bilinear
 
 
-def _rho_fn(mode: str, dim: int = 0):
-  """``(alpha, magnitude, angle) -> spectral radius`` on the bilinear game."""
-  game = games.bilinear_game(1.0 if dim == 0 else jnp.eye(dim))
-  zero = jnp.zeros(()) if dim == 0 else jnp.zeros(dim)
+def _rho_of(mode: str):
+  """``hp -> spectral radius`` on the bilinear game, ``hp`` holding alpha, magnitude and angle."""
+  game = games.bilinear_game(1.0)
+  zero = jnp.zeros(())
 
-  def rho(alpha, magnitude, angle):
-    tx = complex_momentum(alpha, magnitude, angle)
+  def rho(hp):
+    tx = complex_momentum(hp["alpha"], hp["magnitude"], hp["angle"])
     state = games.init_play(game, tx, (zero, zero))
     return games.spectral_radius(games.make_step(game, tx, mode), state)
 
-  return jax.jit(jax.vmap(rho))
+  return rho
+
+
+def spectral_radii(mode: str, grid: sweep.Grid) -> np.ndarray:
+  """Spectral radius of every point of a (alpha, |beta|, arg beta) grid: one sharded sweep call."""
+  return np.asarray(sweep.evaluate(_rho_of(mode), grid))
 
 
 def spectral_table() -> list[dict]:
   rows = []
   for mode in MODES:
     entries = [e for e in SPEC_TABLE if e[3] == mode]
-    cols = [jnp.array([e[i] for e in entries], jnp.float32) for i in range(3)]
-    for e, r in zip(entries, np.asarray(_rho_fn(mode)(*cols))):
+    grid = sweep.Grid.zipped(alpha=[e[0] for e in entries], magnitude=[e[1] for e in entries],
+                             angle=[e[2] for e in entries])
+    for e, r in zip(entries, spectral_radii(mode, grid)):
       rows.append({"alpha": e[0], "magnitude": e[1], "angle": round(e[2], 6), "mode": mode,
                    "rho": round(float(r), 6), "reference": e[4], "abs_diff": abs(float(r) - e[4])})
   return rows
@@ -200,13 +206,15 @@ def bilinear_curves(cfg: Config, run) -> dict:
   out = {}
   for mode in MODES:
     series = {}
-    for name, (mag, ang) in METHODS.items():
+    radii = spectral_radii(mode, sweep.Grid.zipped(alpha=[cfg.alpha] * len(METHODS),
+                                                   magnitude=[m for m, _ in METHODS.values()],
+                                                   angle=[a for _, a in METHODS.values()]))
+    for (name, (mag, ang)), rho in zip(METHODS.items(), radii):
       tx = complex_momentum(cfg.alpha, mag, ang)
       state = games.init_play(game, tx, (jnp.ones(()), jnp.ones(())))
       _, norms = jax.jit(lambda s, tx=tx: games.play(games.make_step(game, tx, mode), s,
                                                      cfg.curve_steps))(state)
-      norms = np.asarray(norms)
-      rho = float(_rho_fn(mode)(*[jnp.array([v]) for v in (cfg.alpha, mag, ang)])[0])
+      norms, rho = np.asarray(norms), float(rho)
       half = cfg.curve_steps // 2
       logs = np.log(np.maximum(norms, np.finfo(np.float32).tiny))
       rate = math.exp((logs[-1] - logs[half - 1]) / (cfg.curve_steps - half))
@@ -227,10 +235,11 @@ def spectral_heatmaps(cfg: Config, run) -> list[dict]:
                            squeeze=False, constrained_layout=True)
   best = []
   for row, mode in enumerate(MODES):
-    fn = _rho_fn(mode)
+    # Members: alpha (outer) x arg beta x |beta| (inner), i.e. [alpha, angle, magnitude].
+    grid = sweep.Grid.product(alpha=cfg.heat_alphas, angle=angs, magnitude=mags)
+    radii = spectral_radii(mode, grid).reshape(len(cfg.heat_alphas), *mm.shape)
     for col, alpha in enumerate(cfg.heat_alphas):
-      rho = np.asarray(fn(jnp.full(mm.size, alpha, jnp.float32), jnp.asarray(mm.ravel(), jnp.float32),
-                          jnp.asarray(aa.ravel(), jnp.float32))).reshape(mm.shape)
+      rho = radii[col]
       i = np.unravel_index(np.argmin(rho), rho.shape)
       best.append({"mode": mode, "alpha": alpha, "best_rho": round(float(rho[i]), 5),
                    "magnitude": round(float(mags[i[1]]), 4), "angle_over_pi": round(float(angs[i[0]] / math.pi), 4),
@@ -263,9 +272,9 @@ def adversarial_sweep(cfg: Config, run) -> dict:
   gammas = np.linspace(0.0, 1.0, cfg.sweep_gammas)
   tol = cfg.sweep_tol * float(jnp.sqrt(sum(jnp.sum(w ** 2) for w in w0)))
 
-  def steps_and_rho(gamma, lr, mag, ang):
-    game = games.quadratic_game(gamma, a, b, c)
-    tx = complex_momentum(lr, mag, ang)
+  def steps_and_rho(hp):
+    game = games.quadratic_game(hp["gamma"], a, b, c)
+    tx = complex_momentum(hp["lr"], hp["magnitude"], hp["angle"])
     step = games.make_step(game, tx)
     _, norms = games.play(step, games.init_play(game, tx, w0), cfg.sweep_steps)
     below = norms <= tol
@@ -276,10 +285,11 @@ def adversarial_sweep(cfg: Config, run) -> dict:
     return steps, games.spectral_radius(step, games.init_play(game, tx, zero))
 
   betas = [beta for cls in SWEEP_CLASSES.values() for beta in cls]
-  grid = [(g, lr, m, t) for g in gammas for lr in cfg.sweep_lrs for m, t in betas]
-  cols = [jnp.array([x[i] for x in grid], jnp.float32) for i in range(4)]
+  # Members: gamma (outer) x step size x beta (zipped |beta|, arg beta), one sharded sweep call.
+  grid = sweep.Grid.product(gamma=gammas, lr=cfg.sweep_lrs) * sweep.Grid.zipped(
+      magnitude=[m for m, _ in betas], angle=[t for _, t in betas])
   shape = (len(gammas), len(cfg.sweep_lrs), len(betas))
-  steps, rhos = (np.asarray(x).reshape(shape) for x in jax.jit(jax.vmap(steps_and_rho))(*cols))
+  steps, rhos = (np.asarray(x).reshape(shape) for x in sweep.evaluate(steps_and_rho, grid))
   cap = cfg.sweep_steps + 1
   out = {"gammas": gammas.round(4).tolist(), "steps": {}, "best": {}, "converged_count": {},
          "best_rho": {}}
@@ -386,8 +396,14 @@ def _units(cfg: Config, part: str) -> int:
           "fmnist": cfg.fmnist_classifier_steps + cfg.fmnist_steps}[part]
 
 
+def _check_sweep(cfg: Config, request) -> None:
+  del request
+  config.require("gan" in cfg.parts, "--seeds / --sweep apply to the GAN part; add gan to --parts.")
+
+
 def main(argv=None) -> dict:
-  cfg, run = config.cli(Config, PRESETS, paper="complex_momentum", description=__doc__, argv=argv)
+  cfg, run = config.cli(Config, PRESETS, paper="complex_momentum", description=__doc__, argv=argv,
+                        sweep=config.SweepOptions(check=_check_sweep))
   fmnist_data = None
   if "fmnist" in cfg.parts:  # load (or fail) before any compute
     from complex_momentum_fmnist import load_fmnist  # pylint: disable=g-import-not-at-top

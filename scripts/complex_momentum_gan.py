@@ -214,6 +214,14 @@ def window_start(num_steps: int) -> int:
   return int(math.ceil(0.8 * num_steps))
 
 
+def gan_seeds(cfg, run) -> list[int]:
+  """``--seeds`` of the command line (``run.sweep``), else ``gan_seeds`` seeds from ``seed``."""
+  request = getattr(run, "sweep", None)
+  if request is not None and request.seeds is not None:
+    return list(request.seeds)
+  return [cfg.seed * 1000 + s for s in range(cfg.gan_seeds)]
+
+
 def gan_experiment(cfg, run, methods: dict[str, tuple[float, float]], progress=None) -> dict:
   """Trains every (optimizer, seed) GAN of ``methods`` together; scores every ``gan_eval_every``.
 
@@ -230,7 +238,7 @@ def gan_experiment(cfg, run, methods: dict[str, tuple[float, float]], progress=N
   setup = GanSetup(z_dim=cfg.gan_z_dim, hidden=cfg.gan_hidden, batch_size=cfg.gan_batch,
                    lr_g=cfg.gan_lr_g, lr_d=cfg.gan_lr_d, b2=cfg.gan_b2,
                    magnitudes=[m for m, _ in methods.values()], angles=[a for _, a in methods.values()],
-                   seeds=[cfg.seed * 1000 + s for s in range(cfg.gan_seeds)], loss=cfg.gan_loss,
+                   seeds=gan_seeds(cfg, run), loss=cfg.gan_loss,
                    sn_iters=cfg.gan_sn_iters, d_steps=cfg.gan_d_steps, ema_decay=cfg.gan_ema)
   steps_jit = jax.jit(setup.steps, static_argnums=2)
   scores_jit = jax.jit(lambda s: setup.scores(s, cfg.gan_samples, cfg.gan_min_fraction))
@@ -269,7 +277,7 @@ def gan_experiment(cfg, run, methods: dict[str, tuple[float, float]], progress=N
     series = {name: ([r["step"] for r in history if f"{key}/{name}" in r],
                      [r[f"{key}/{name}"] for r in history if f"{key}/{name}" in r]) for name in methods}
     plots.line_plot(series, run.path(f"gan_{key}.png"), xlabel="training step (G and D updates)",
-                    ylabel=label, title=plots.run_title(run, f"8-Gaussian GAN, mean over {cfg.gan_seeds} seeds"))
+                    ylabel=label, title=plots.run_title(run, f"8-Gaussian GAN, mean over {setup.num_seeds} seeds"))
   _plot_gan_samples(cfg, setup, state, list(methods), run.path("gan_samples.png"), run)
   out = {}
   for j, name in enumerate(methods):

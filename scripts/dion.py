@@ -64,7 +64,7 @@ from flax import nnx  # noqa: E402
 from jax.sharding import NamedSharding  # noqa: E402
 from threadpoolctl import threadpool_limits  # noqa: E402
 
-from paperlab import config, distributed, lm, loop, metrics, plots  # noqa: E402
+from paperlab import config, distributed, lm, loop, metrics, plots, sweep  # noqa: E402
 from paperlab import data as data_lib  # noqa: E402
 from paperlab import mesh as mesh_lib  # noqa: E402
 from optim import _dion as dion_lib  # noqa: E402
@@ -302,8 +302,103 @@ def train_batches(ids: np.ndarray, batch: int, seq_len: int, seed: int, step: in
           distributed.from_callback(sharding, shape, fetch(1)))
 
 
+# Numeric fields --sweep varies per member, and the arms each one applies to (None: every arm).
+SWEEP_KEYS = {"adamw_lr": ("adamw", "lion"), "muon_lr": ("muon",), "dion_lr": ("dion",),
+              "scalar_lr": None, "weight_decay": None}
+
+
+def arm_sweep_keys(arm: str, request) -> dict[str, tuple[float, ...]]:
+  """The swept values that apply to ``arm`` (an lr grid per arm: each arm sweeps its own lr)."""
+  kind, _ = parse_arm(arm)
+  return {k: v for k, v in (request.numeric if request else ())
+          if SWEEP_KEYS[k] is None or kind in SWEEP_KEYS[k]}
+
+
+def _check_sweep(cfg: Config, request) -> None:
+  config.require(not cfg.mesh and jax.process_count() == 1,
+                 "--seeds / --sweep run on one process without --mesh (the members are the sharded "
+                 "axis); drop --mesh or the sweep flags.")
+
+
+def _train_arm_sweep(cfg: Config, arm: str, batch: int, steps: int, data, run, progress) -> dict:
+  """One arm as a `paperlab.sweep.Sweep`: its swept values x seeds, best point reported.
+
+  Members differ in their initialisation (their seed) and swept values; they
+  read the same batches (drawn from ``cfg.seed``). The learning rates and the
+  weight decay are injected hyperparameters of the arm's optimizer, so an
+  arm's grid is one compiled program.
+  """
+  train_ids, (val_x, val_y), vocab_size = data
+  values = arm_sweep_keys(arm, run.sweep)
+  grid = sweep.Grid.zipped(run.sweep.seeds or (cfg.seed,), **values) if run.sweep.zipped else \
+      sweep.Grid.product(run.sweep.seeds or (cfg.seed,), **values)
+  sched = lambda base: _schedule(base, steps, cfg.warmdown)  # noqa: E731
+  defaults = {k: getattr(cfg, k) for k in SWEEP_KEYS}
+
+  def factory(adamw_lr, muon_lr, dion_lr, scalar_lr, weight_decay):  # the names of SWEEP_KEYS
+    return arm_optimizer(arm, dataclasses.replace(
+        cfg, adamw_lr=adamw_lr, muon_lr=muon_lr, dion_lr=dion_lr, scalar_lr=scalar_lr,
+        weight_decay=weight_decay), sched)
+  tx = sweep.injectable(factory, **defaults)
+  template = nnx.eval_shape(lambda: lm.CharGPT(vocab_size, cfg.d_model, cfg.layers, cfg.heads, cfg.seq_len,
+                                               rngs=nnx.Rngs(0)))
+  graphdef, _ = nnx.split(template)
+
+  def init_fn(key, hp):
+    model = lm.CharGPT(vocab_size, cfg.d_model, cfg.layers, cfg.heads, cfg.seq_len, rngs=nnx.Rngs(key))
+    params = nnx.to_pure_dict(nnx.state(model))
+    opt_state = sweep.set_hyperparams(tx.init(params), **{k: hp.get(k, v) for k, v in defaults.items()})
+    return {"params": params, "opt_state": opt_state}
+
+  def loss_of(p, x, y):
+    return lm.loss_fn(nnx.merge(graphdef, p), x, y)
+
+  def step_fn(s, hp, t, chunk):
+    xs, ys, t0 = chunk
+    loss, grads = jax.value_and_grad(loss_of)(s["params"], xs[t - t0], ys[t - t0])
+    updates, opt_state = tx.update(grads, s["opt_state"], s["params"])
+    return {"params": optax.apply_updates(s["params"], updates), "opt_state": opt_state}, {"loss": loss}
+
+  def data_fn(step, n):
+    return (*train_batches(train_ids, batch, cfg.seq_len, cfg.seed, step, n), np.int32(step))
+
+  engine = sweep.Sweep(grid, init_fn, step_fn)
+  eval_every = max(cfg.log_every, cfg.eval_every * cfg.batch_size // batch // cfg.log_every
+                   * cfg.log_every)
+  t0 = time.perf_counter()
+  state, final, history = engine.train(
+      run.workdir / f"{_slug(arm)}_b{batch}", num_steps=steps, log_every=cfg.log_every,
+      checkpoint_every=eval_every, eval_every=eval_every, data_fn=data_fn,
+      eval_fn=lambda s, hp: {"val_loss": loss_of(s["params"], val_x, val_y)},
+      desc=f"{arm} b={batch} ({len(grid)} members)", progress=progress,
+      progress_weight=batch / cfg.batch_size, base_config=config.to_dict(cfg))
+  wall = time.perf_counter() - t0
+  failed = engine.failures(state)
+  report = engine.report(run.workdir / f"{_slug(arm)}_b{batch}", {"val_loss": final["val_loss"]},
+                         failed=failed, plot_metrics=("val_loss",) if values else (),
+                         title=f"{arm}, batch {batch}")
+  finite = [p for p in report["points"] if p["val_loss"]["n"]]
+  if not finite:
+    raise metrics.NonFiniteError(f"{arm} b={batch}: every member of the sweep became non-finite.")
+  best = min(finite, key=lambda p: p["val_loss"]["mean"])
+  ids = [m.id for m in engine.members if m.values == best["point"] and m.id not in failed]
+  curve = [(r["step"], float(np.mean([r[f"val_loss/{i}"] for i in ids]))) for r in history
+           if "val_loss" in r]
+  first = next(m.index for m in engine.members if m.id == ids[0])
+  member_state = jax.tree.map(lambda x: x[first], state["state"])
+  with progress.phase(f"optimizer timing {arm} b={batch}") if progress else contextlib.nullcontext():
+    optimizer_ms = _optimizer_ms(tx, member_state, cfg.timing_calls)
+  return {"arm": arm, "batch_size": batch, "steps": steps, "final_val_loss": best["val_loss"]["mean"],
+          "best_val_loss": min(v for _, v in curve), "curve": curve, "train_wall_s": wall,
+          "optimizer_ms": optimizer_ms, "best_point": best["point"],
+          "final_val_loss_std": best["val_loss"]["std"], "seeds": best["val_loss"]["n"],
+          "sweep": {"points": report["points"], "members": report["members"], "table": report["table"]}}
+
+
 def _train_arm(cfg: Config, arm: str, batch: int, steps: int, data, run, mesh,
                progress: metrics.RunProgress | None = None) -> dict:
+  if getattr(run, "sweep", None):
+    return _train_arm_sweep(cfg, arm, batch, steps, data, run, progress)
   train_ids, (val_x, val_y), vocab_size = data
   graphdef, tx, train_state = init_train_state(cfg, arm, steps, vocab_size, mesh)
   chunk = make_chunk(graphdef, tx)
@@ -366,7 +461,8 @@ def _sweep_steps(cfg: Config, batch: int) -> int:
 
 
 def main() -> None:
-  cfg, run = config.cli(Config, PRESETS, paper="dion", description=__doc__, multiprocess=True)
+  cfg, run = config.cli(Config, PRESETS, paper="dion", description=__doc__, multiprocess=True,
+                        sweep=config.SweepOptions(numeric=tuple(SWEEP_KEYS), check=_check_sweep))
   threadpool_limits(1, user_api="blas")
   mesh = mesh_lib.make_mesh(cfg.mesh) if cfg.mesh else None
   data = _load(cfg)
@@ -405,11 +501,24 @@ def _report(cfg: Config, run, main_runs: list[dict], sweep: list[dict]) -> None:
     sweep_table = ["| arm | " + " | ".join(f"b={b}" for b, _ in sizes) + " |", "|---|" + "---|" * len(sizes)]
     sweep_table += [f"| {arm} | " + " | ".join(f"{v:.4f}" for _, v in pts) + " |"
                     for arm, pts in by_arm.items()]
+  if any("sweep" in r for r in main_runs):
+    table = ["| arm | best point | final val loss (mean +- std, seeds) | best val loss | optimizer ms/step | train s |",
+             "|---|---|---|---|---|---|"]
+    table += [f"| {r['arm']} | {r.get('best_point') or '-'} | {r['final_val_loss']:.4f} +- "
+              f"{r.get('final_val_loss_std', 0.0):.4f} (n={r.get('seeds', 1)}) | {r['best_val_loss']:.4f} | "
+              f"{r['optimizer_ms']:.2f} | {r['train_wall_s']:.1f} |" for r in main_runs]
+    for r in main_runs:
+      if "sweep" in r:
+        log.info("%s, batch %d: final val loss per point (mean +- std over seeds)\n%s", r["arm"],
+                 r["batch_size"], "\n".join(r["sweep"]["table"]))
   log.info("Results\n%s\n\nBatch sweep (same token budget)\n%s", "\n".join(table),
            "\n".join(sweep_table))
   final = {r["arm"]: r["final_val_loss"] for r in main_runs}
+  notes = {r["arm"]: ((f"; best swept point {r['best_point']}" if r["best_point"] else "")
+                      + f"; mean +- std {r['final_val_loss']:.4f} +- {r['final_val_loss_std']:.4f} over "
+                      f"{r['seeds']} seed(s)" if "sweep" in r else "") for r in main_runs}
   headline = [{"metric": f"{arm} final val loss, char GPT ({cfg.dataset})", "value": round(v, 4),
-               "note": f"{cfg.steps} steps, batch {cfg.batch_size}"} for arm, v in final.items()]
+               "note": f"{cfg.steps} steps, batch {cfg.batch_size}{notes[arm]}"} for arm, v in final.items()]
   if "dion-1" in final and "muon" in final:
     headline.append({"metric": "Dion r=1 / Muon final val loss", "value":
                      round(final["dion-1"] / final["muon"], 4), "note": "acceptance: <= 1.02"})

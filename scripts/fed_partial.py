@@ -433,7 +433,7 @@ def plot_curves(cfg: Config, per_seed: list[dict], columns: list[str], path, tit
     ax.legend(fontsize=7)
   seeds = f", mean of {len(per_seed)} seeds (band: min-max)" if len(per_seed) > 1 else ""
   fig.suptitle(title + seeds)
-  plots._save(fig, path)  # pylint: disable=protected-access
+  plots.save(fig, path)
 
 
 def main(argv=None) -> dict:

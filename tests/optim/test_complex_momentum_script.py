@@ -18,9 +18,9 @@ def test_script_tiny_run(tmp_path):
          "--workdir", str(workdir), "--parts", "sweep", "gan",
          "--sweep-gammas", "2", "--sweep-lrs", "0.1", "--sweep-steps", "50",
          "--gan-seeds", "1", "--gan-steps", "20", "--gan-eval-every", "10",
-         "--gan-samples", "100"]
+         "--gan-samples", "100", "--seeds", "0:2"]
   env = dict(os.environ, TQDM_DISABLE="1")
-  proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, check=False)
+  proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, check=False)
   assert proc.returncode == 0, proc.stderr[-3000:]
   results = json.loads((workdir / "results.json").read_text())
   rows = {r["metric"]: r["value"] for r in results["headline"]}
@@ -30,7 +30,7 @@ def test_script_tiny_run(tmp_path):
   assert complex_rho < 1.0 <= min(real_rhos) + 1e-5
   gan = results["results"]["gan"]["methods"]
   assert len(gan) == 5 and all(0 <= r["mean_modes"] <= 8 for r in gan.values())
-  assert all(r["window"]["modes"]["n"] == 1 for r in gan.values())
+  assert all(r["window"]["modes"]["n"] == 2 for r in gan.values())  # --seeds 0:2
   for png in ("adversarial_sweep.png", "adversarial_sweep_rho.png", "gan_modes.png",
               "gan_samples.png"):
     assert (workdir / png).stat().st_size > 0
@@ -38,3 +38,6 @@ def test_script_tiny_run(tmp_path):
   bad = subprocess.run(cmd[:4] + ["--workdir", str(tmp_path / "bad"), "--alpha", "-1"],
                        capture_output=True, text=True, env=env, timeout=120, check=False)
   assert bad.returncode != 0 and "alpha must be > 0" in bad.stderr
+  bad = subprocess.run(cmd[:4] + ["--workdir", str(tmp_path / "bad"), "--sweep", "gan_lr_g=0.1"],
+                       capture_output=True, text=True, env=env, timeout=120, check=False)
+  assert bad.returncode == 2 and "cannot sweep gan_lr_g" in bad.stderr

@@ -63,6 +63,10 @@ CASES = {
         ("--sweep-batch-sizes 0", "sweep batch sizes"), ("--dion-lr 0", "dion_lr"),
         ("--qr-method svd", "qr_method"), ("--scalar-optimizer sgd", "scalar_optimizer"),
         ("--weight-decay -1", "weight_decay"),
+        ("--sweep nope=1", "unknown key 'nope'"), ("--sweep adamw_lr=", "empty list"),
+        ("--sweep adamw_lr=0.1,x", "'x' is not a number"), ("--sweep adamw_lr=0.1,-1", "adamw_lr must be > 0"),
+        ("--sweep d_model=32,64", "cannot sweep d_model"), ("--sweep arms=adamw,muon", "cannot group"),
+        ("--seeds 2:1", "empty range"), ("--seeds 0:2 --mesh fsdp=8", "without --mesh"),
     ],
     complex_momentum: [
         ("--sweep-steps 0", "sweep_steps must be >= 1"), ("--sweep-lrs", "sweep_lrs must list"),
@@ -74,6 +78,9 @@ CASES = {
         ("--gan-d-steps 0", "gan_d_steps"), ("--gan-ema 1", "gan_ema"), ("--gan-magnitude 1", "magnitudes"),
         ("--sweep-tol 0", "sweep_tol"), ("--heat-grid 1", "heat_grid"), ("--fmnist-lr 0", "fmnist_lr"),
         ("--gan-eval-every 0", "gan_eval_every"),
+        ("--sweep gan_lr_x=1", "unknown key"), ("--sweep gan_steps=1,2", "cannot sweep gan_steps"),
+        ("--sweep gan_b2=0.5", "cannot sweep gan_b2"), ("--seeds x", "expected integers"),
+        ("--seeds 0:2 --parts sweep", "add gan to --parts"),
     ],
     swat_nn: [
         ("--checkpoint-every 0", "checkpoint_every must be a positive multiple"),
