@@ -81,8 +81,9 @@ def _rows(times: dict[str, float], baseline: str) -> list[dict]:
 
 def _optimizer_step(tx: optax.GradientTransformation, params, grads) -> Callable[[], object]:
   state = tx.init(params)
-  step = jax.jit(lambda p, s, g: (lambda u, s2: (optax.apply_updates(p, u), s2))(*tx.update(g, s, p)))
-  box = [params, state]
+  step = jax.jit(lambda p, s, g: (lambda u, s2: (optax.apply_updates(p, u), s2))(*tx.update(g, s, p)),
+                 donate_argnums=(0, 1))  # params and state updated in place, as in training
+  box = [jax.tree.map(jnp.copy, params), state]  # a copy: the caller's params stay alive
 
   def call():
     box[0], box[1] = step(box[0], box[1], grads)
@@ -197,7 +198,7 @@ def fed_round_section(sizes: dict) -> list[dict]:
                         chunk_size=chunk)
       state = algo.init(params, clients, jax.random.key(0))
       try:
-        times[label] = _median_ms(lambda a=algo, s=state: a.round(s, data)[0].shared, sizes["repeats"])
+        times[label] = _median_ms(lambda a=algo, s=state, d=data: a.round(s, d)[0].shared, sizes["repeats"])
       except Exception as e:  # pylint: disable=broad-except  (e.g. out of device memory)
         rows.append({"variant": f"{clients} clients, {label}", "ms (median)": f"skipped: {type(e).__name__}: "
                      f"{str(e).splitlines()[0][:160]}"})

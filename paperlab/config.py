@@ -539,7 +539,10 @@ def main(fn: Callable[[], Any]) -> NoReturn:
   from paperlab import checkpoint, metrics  # pylint: disable=g-import-not-at-top
   failures = (metrics.NonFiniteError, checkpoint.CheckpointError, ResultError)
   try:
-    fn()
+    try:
+      fn()
+    finally:
+      metrics.stop_heartbeat()
   except KeyboardInterrupt:
     if debug:
       raise

@@ -35,6 +35,7 @@ import logging
 import math
 import os
 import pathlib
+import re
 import sys
 import threading
 import time
@@ -291,6 +292,24 @@ def stop_heartbeat() -> None:
     beat = _HEARTBEAT.pop()
     logging.getLogger().removeHandler(beat)
     beat.stop()
+
+
+def longest_silence(log_text: str) -> tuple[int, str]:
+  r"""The longest gap between consecutive timestamped lines of a ``log.txt``.
+
+  Returns ``(seconds, the line before the gap)``; timestamps are ``HH:MM:SS``
+  (1 s resolution; a run over midnight counts the wrap as 0 s).
+
+  >>> longest_silence("10:00:00 INFO a: x\n10:00:31 INFO a: y\n10:00:32 INFO a: z")
+  (31, '10:00:00 INFO a: x')
+  """
+  stamps = []
+  for line in log_text.splitlines():
+    m = re.match(r"(\d\d):(\d\d):(\d\d) ", line)
+    if m:
+      stamps.append((int(m[1]) * 3600 + int(m[2]) * 60 + int(m[3]), line))
+  gaps = [(max(b - a, 0), line) for (a, line), (b, _) in zip(stamps, stamps[1:])]
+  return max(gaps, key=lambda g: g[0]) if gaps else (0, "")
 
 
 def _disabled(disable: bool | None) -> bool:

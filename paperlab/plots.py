@@ -304,3 +304,6 @@ def sweep_plot(points: Sequence[Mapping[str, Any]], key: str, metric: str, path:
   ax.grid(alpha=0.3)
   ax.legend(fontsize=8)
   return save(fig, path)
+
+
+_save = save  # the former private name, still used by callers written before `save` was public

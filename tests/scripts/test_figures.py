@@ -9,7 +9,6 @@ say it has a title that names the run, axis labels and a legend. The run's
 """
 
 import pathlib
-import re
 import sys
 
 import numpy as np
@@ -22,7 +21,9 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "scripts"))
 
 EVERY_S = 1.0
-MAX_GAP_S = 4  # log.txt timestamps have 1 s resolution; the threads wake every second
+# log.txt timestamps have 1 s resolution and the threads wake every second; neither thread can log
+# while a C call holds the GIL (seen: 9 s on a 2-core machine at load 19), hence the margin.
+MAX_GAP_S = 15
 
 CASES = {
     "baseline_mlp": (["--dataset", "digits", "--epochs", "1", "--hidden", "16", "--log-every", "4",
@@ -64,15 +65,6 @@ def _run(name, argv, workdir, monkeypatch):
     module.main(argv)
 
 
-def _log_seconds(text):
-  out = []
-  for line in text.splitlines():
-    m = re.match(r"(\d\d):(\d\d):(\d\d) ", line)
-    if m:
-      out.append(int(m[1]) * 3600 + int(m[2]) * 60 + int(m[3]))
-  return out
-
-
 def check_png(path, run_name):
   """Decodes ``path`` and checks its size, its pixels and its recorded labels; returns the facts."""
   with Image.open(path) as im:
@@ -107,6 +99,5 @@ def test_tiny_run_figures_and_progress_log(name, tmp_path, monkeypatch):
     assert facts["batch_sweep.png"]["axes"][0]["xticklabels"] == ["4", "8"]
   text = (workdir / "log.txt").read_text()
   assert "progress:" in text
-  seconds = _log_seconds(text)
-  gaps = np.diff(seconds)
-  assert gaps.max() <= MAX_GAP_S, f"log.txt silent for {gaps.max()} s:\n{text}"
+  gap, before = metrics.longest_silence(text)
+  assert gap <= MAX_GAP_S, f"log.txt silent for {gap} s after: {before}"
