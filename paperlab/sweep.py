@@ -16,12 +16,19 @@ leading axis of one stacked train state:
   stacked state is built directly in its sharding (``jax.jit`` with
   ``out_shardings``). With ``chunk_size=1`` each member runs the unbatched
   program, so it equals a single run bit for bit.
-* A member whose metrics or state become NaN or infinite is frozen (masked)
-  at its state from the start of that chunk of steps (the last one checked
-  finite) and reported as non-finite "after step N": the first step whose
-  metrics were non-finite (the chunk's last step if only the state was);
-  the others go on. Checking
-  once per chunk, not per step, keeps the check's cost out of the steps.
+* Frozen members. Finiteness is checked once per chunk of steps (one
+  `Sweep.run` call, steps ``start .. start+n-1``, 0-based; a chunk of
+  `Sweep.train` is ``log_every`` steps), not per step, which keeps the check's
+  cost out of the steps. A member whose metrics at some step of the chunk, or
+  whose state at the chunk's end, hold a NaN or an inf is frozen: its state
+  becomes, bit for bit, its state at the chunk start (after ``start`` steps,
+  the last one checked finite) and stays so; ``alive`` turns False; its
+  metrics are NaN for that chunk and every later one; the others go on
+  unaffected. Its reported step (``failed_step``, `Sweep.failures`, "became
+  non-finite after step N") counts steps from 1: N = s + 1 for the first
+  0-based step s of the chunk whose metrics were non-finite, or N = start + n
+  (the chunk's last step) if only the state at the chunk's end was. So the
+  state kept is that of step ``start`` while N is the exact step that failed.
 * `Sweep.train` runs through `paperlab.loop` (checkpoint and bitwise resume
   of the whole stacked state, the NaN guard over the aggregate metrics);
   `Sweep.report` writes one row per member plus mean, std, n and a 95%
@@ -557,8 +564,9 @@ class Sweep:
     return wait(self._init_jit(self.hp), "Sweep.init")
 
   def _chunk_member(self, stacked, hp, start, data, n):
-    """``n`` steps of one member, then the freeze: a member whose state or any step's metrics
-    are non-finite keeps its state from the start of the chunk (its last checked finite one)."""
+    """``n`` steps of one member, then the freeze (module docstring, "Frozen members"): a member
+    whose state or any step's metrics are non-finite keeps its state from the start of the chunk
+    (its last checked finite one); ``failed_step`` is the first bad step counted from 1."""
     steps = start + jnp.arange(n, dtype=jnp.int32)
     new, ms = jax.lax.scan(lambda s, t: self.step_fn(s, hp, t, data), stacked[STATE], steps)
     metrics = jax.tree.map(lambda m: jnp.mean(m, axis=0), ms)
@@ -601,7 +609,8 @@ class Sweep:
     return jax.tree.map(lambda x: x[index], tree)
 
   def failures(self, stacked: Any) -> dict[str, int]:
-    """``{member id: step}`` of every frozen member."""
+    """``{member id: N}`` of every frozen member: it became non-finite at step N (counted from 1;
+    see "Frozen members" in the module docstring); its state is that of its chunk's start."""
     failed = np.asarray(jax.device_get(stacked[FAILED]))[:self.num_members]
     return {m.id: int(f) for m, f in zip(self.members, failed) if f != PAD_FAILED}
 

@@ -256,3 +256,37 @@ def test_hang_guard_dumps_and_exits(tmp_path):
   with pytest.raises(ValueError, match="seconds > 0"):
     with sweep.hang_guard(0):
       pass
+
+
+def _counter_init(key, hp):
+  del key
+  return {"w": jnp.zeros(3) + hp["seed"]}
+
+
+def _counter_step(state, hp, step, data):
+  """w <- 0.5 w + 1; loss NaN from step ``nan_loss_at`` on; w NaN after step ``nan_state_at``."""
+  del data
+  w = 0.5 * state["w"] + 1.0
+  loss = jnp.where(step >= hp["nan_loss_at"], jnp.nan, jnp.sum(w))
+  w = jnp.where(step == hp["nan_state_at"], jnp.nan, w)
+  return {"w": w}, {"loss": loss}
+
+
+def test_frozen_member_keeps_chunk_start_state_and_reports_exact_step():
+  never = 1000.0
+  grid = sweep.Grid.zipped(nan_loss_at=(never, 5, 7, never), nan_state_at=(never, never, never, 11))
+  engine = sweep.Sweep(grid, _counter_init, _counter_step, chunk_size=2, devices=1)
+  stacked = engine.init()
+  states = [stacked]
+  for start in (0, 4, 8):  # chunks of 4 steps: 0..3, 4..7, 8..11
+    stacked, metrics = engine.run(stacked, start, 4)
+    states.append(stacked)
+  # loss NaN at 0-based step 5 (the 6th step) and 7 (the 8th); only the state after step 11.
+  assert engine.failures(stacked) == {"m001": 6, "m002": 8, "m003": 12}
+  for member, chunk_start in ((1, 1), (2, 1), (3, 2)):  # index into states: after 4 or 8 steps
+    kept = engine.unstack(states[chunk_start]["state"], member)
+    for later in states[chunk_start + 1:]:
+      _assert_same(engine.unstack(later["state"], member), kept)
+  assert list(np.asarray(states[-1]["alive"])[:4]) == [True, False, False, False]
+  assert np.isnan(float(metrics["loss"][1])) and np.isfinite(float(metrics["loss"][0]))
+  np.testing.assert_allclose(np.asarray(stacked["state"]["w"][0]), 2 - 2 * 0.5 ** 12)
