@@ -623,8 +623,10 @@ class Sweep:
 
     Metrics records hold each member's value as ``name/<id>`` and the mean
     over live members as ``name``; ``members.jsonl`` has one row per member
-    and record with its id and hyperparameters. The aggregate metrics must
-    stay finite (all members frozen stops the run). ``eval_fn(state, hp)``
+    and record with its id and hyperparameters. A frozen member's values are
+    NaN from its failing chunk on and the others go on; every member frozen
+    stops the run (`paperlab.metrics.NonFiniteError`), as does any non-finite
+    metric with ``freeze=False``. ``eval_fn(state, hp)``
     gives one member's evaluation metrics; ``data_fn(step, n)``, when given,
     makes each chunk's ``data`` on the host (batches as a function of the
     step keep resumed runs exact).
@@ -633,6 +635,7 @@ class Sweep:
       ``(stacked state, per-member final metrics {name: [members]}, history)``.
     """
     from paperlab import loop  # pylint: disable=g-import-not-at-top
+    from paperlab import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     self.grid.save(workdir / "sweep.json", base_config)
@@ -660,7 +663,12 @@ class Sweep:
 
     def step_fn(stacked, step, n):
       stacked, metrics = self.run(stacked, step, n, None if data_fn is None else data_fn(step, n))
-      return stacked, record(stacked, metrics)
+      out = record(stacked, metrics)
+      if self.freeze and out["alive"] == 0:
+        raise metrics_lib.NonFiniteError(
+            f"Non-finite values after step {step + n}: every member of {desc} is frozen "
+            f"({self.failures(stacked)}).", step=step + n)
+      return stacked, out
 
     def eval_wrapped(stacked, step):
       del step
@@ -670,7 +678,9 @@ class Sweep:
         self.init(), step_fn=step_fn, num_steps=num_steps, workdir=workdir, log_every=log_every,
         checkpoint_every=checkpoint_every, eval_fn=eval_wrapped if eval_fn else None,
         eval_every=eval_every, desc=desc, progress=progress, progress_weight=progress_weight,
-        finite_keys=None, check_state=False)  # each member's state is checked on its own device
+        # Frozen members' NaN values are expected (all frozen raises above); each member's state
+        # is checked on its own device. Without the freeze every metric must stay finite.
+        finite_keys=() if self.freeze else None, check_state=False)
     for mid, step in self.failures(state).items():
       reported.add(mid)
     files.atomic_write_text(workdir / "members.jsonl", "".join(

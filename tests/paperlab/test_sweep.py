@@ -290,3 +290,15 @@ def test_frozen_member_keeps_chunk_start_state_and_reports_exact_step():
   assert list(np.asarray(states[-1]["alive"])[:4]) == [True, False, False, False]
   assert np.isnan(float(metrics["loss"][1])) and np.isfinite(float(metrics["loss"][0]))
   np.testing.assert_allclose(np.asarray(stacked["state"]["w"][0]), 2 - 2 * 0.5 ** 12)
+
+
+def test_train_goes_on_past_a_frozen_member_and_stops_when_all_are(tmp_path):
+  grid = sweep.Grid.zipped(nan_loss_at=(1000.0, 5), nan_state_at=(1000.0, 1000.0))
+  engine = sweep.Sweep(grid, _counter_init, _counter_step, chunk_size=2, devices=1)
+  state, final, history = engine.train(tmp_path / "one", num_steps=12, log_every=4)
+  assert engine.failures(state) == {"m001": 6} and history[-1]["alive"] == 1
+  assert np.isfinite(final["loss"][0]) and np.isnan(final["loss"][1])
+  both = sweep.Sweep(sweep.Grid.zipped(nan_loss_at=(3, 5), nan_state_at=(1000.0, 1000.0)),
+                     _counter_init, _counter_step, chunk_size=2, devices=1)
+  with pytest.raises(FloatingPointError, match="every member of sweep is frozen"):
+    both.train(tmp_path / "all", num_steps=12, log_every=4)
