@@ -4,12 +4,15 @@ Each member trains an MLP with SGD + momentum (learning rate injected through
 `optax.inject_hyperparams`, a grid of learning rates x seeds) on synthetic
 data. The loop runs every member as one jitted ``lax.scan`` over all its
 steps (compiled once, reused by every member); the engine runs all members as
-one `paperlab.sweep.Sweep` program with its default chunk size (reported).
-Both are timed warm (compiled), best of a few repeats.
+one `paperlab.sweep.Sweep` program with its default chunk size (reported) on
+one device. Both are timed warm (compiled), alternating loop and engine call
+by call, and the medians are reported. The table in ``results.md`` is
+measured pinned to one core and single-threaded (`COMMAND`).
 
     python benchmarks/sweep.py                  # the CPU cases
     python benchmarks/sweep.py --all            # also 784-256-10 x 256 members (accelerator sized)
     python benchmarks/sweep.py --chunks 1 4 16  # the engine at these chunk sizes too
+    python benchmarks/sweep.py --profile        # where the engine's step time goes (XLA ops)
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ CASES = [("16-32-10", (16, 32, 10), 32, 2000, 16), ("16-32-10", (16, 32, 10), 32
          ("784-256-10", (784, 256, 10), 128, 200, 16)]
 ACCELERATOR_CASES = [("784-256-10", (784, 256, 10), 128, 200, 256)]
 NUM_EXAMPLES = 4096
+COMMAND = ("taskset -c 0 env OMP_NUM_THREADS=1 XLA_FLAGS='--xla_cpu_multi_thread_eigen=false "
+           "intra_op_parallelism_threads=1' python benchmarks/run.py sweep")
 
 
 def _problem(sizes, batch, members):
@@ -67,17 +72,21 @@ def _problem(sizes, batch, members):
   return grid, init_fn, step_fn, (x, y)
 
 
-def _best(fn, repeats):
-  fn()
-  times = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
+def _medians(fns: dict, repeats: int) -> dict:
+  """Median seconds of each warm function, calls alternating A B A B ..."""
+  for fn in fns.values():
     fn()
-    times.append(time.perf_counter() - t0)
-  return min(times)
+  times = {k: [] for k in fns}
+  for _ in range(repeats):
+    for k, fn in fns.items():
+      t0 = time.perf_counter()
+      fn()
+      times[k].append(time.perf_counter() - t0)
+  return {k: float(np.median(v)) for k, v in times.items()}
 
 
-def measure(name, sizes, batch, steps, members, chunks=(), repeats=3) -> list[dict]:
+def _setup(name, sizes, batch, steps, members, chunks=()):
+  del name
   grid, init_fn, step_fn, data = _problem(sizes, batch, members)
   init_one = jax.jit(init_fn)
 
@@ -94,31 +103,67 @@ def measure(name, sizes, batch, steps, members, chunks=(), repeats=3) -> list[di
       out.append(run_one(init_one(jax.random.key(hp["seed"]), hp), hp, data)[1]["loss"])
     return jax.block_until_ready(out)
 
-  t_loop = _best(loop, repeats)
+  engines = {chunk: sweep.Sweep(grid, init_fn, step_fn, data=data, chunk_size=chunk, devices=1)
+             for chunk in (None, *chunks)}
+  calls = {"loop": loop}
+  for chunk, engine in engines.items():
+    calls[chunk] = lambda e=engine: jax.block_until_ready(e.run(e.init(), 0, steps)[1])
+  return engines, calls
+
+
+def measure(name, sizes, batch, steps, members, chunks=(), repeats=5) -> list[dict]:
+  engines, calls = _setup(name, sizes, batch, steps, members, chunks)
+  t = _medians(calls, repeats)
   rows = []
-  for chunk in (None, *chunks):
-    engine = sweep.Sweep(grid, init_fn, step_fn, data=data, chunk_size=chunk, devices=1)
-    t_engine = _best(lambda: jax.block_until_ready(engine.run(engine.init(), 0, steps)[1]), repeats)
+  for chunk, engine in engines.items():
     rows.append({"model": name, "batch x steps": f"{batch} x {steps}", "members": members,
-                 "loop s": round(t_loop, 3), "engine s": round(t_engine, 3),
-                 "engine / loop speed": round(t_loop / t_engine, 2),
+                 "loop s": round(t["loop"], 3), "engine s": round(t[chunk], 3),
+                 "engine / loop speed": round(t["loop"] / t[chunk], 2),
                  "chunk size": f"{engine.chunk_size}" + (" (default)" if chunk is None else ""),
                  "state KiB / member": round(engine.member_bytes / 1024, 1)})
     print(json.dumps(rows[-1]), flush=True)
   return rows
 
 
+def profile(case, top=12) -> list[tuple[str, float]]:
+  """Share of the engine's op time per XLA op (a profiler trace of one warm call of ``case``)."""
+  import collections  # pylint: disable=g-import-not-at-top
+  import glob  # pylint: disable=g-import-not-at-top
+  import gzip  # pylint: disable=g-import-not-at-top
+  import tempfile  # pylint: disable=g-import-not-at-top
+  _, calls = _setup(*case)
+  calls[None]()
+  with tempfile.TemporaryDirectory() as d:
+    jax.profiler.start_trace(d, create_perfetto_trace=True)
+    calls[None]()
+    jax.profiler.stop_trace()
+    trace = json.load(gzip.open(glob.glob(f"{d}/**/*.trace.json.gz", recursive=True)[0]))
+  total = collections.Counter()
+  nested = ("$", "ThunkExecutor", "while", "conditional", "call", "end: ")  # containers, Python
+  for e in trace["traceEvents"]:
+    if e.get("ph") == "X" and not e["name"].startswith(nested):
+      total[e["name"]] += e.get("dur", 0)
+  whole = sum(total.values()) or 1
+  out = [(k, v / whole) for k, v in total.most_common(top)]
+  for k, share in out:
+    print(f"{share * 100:5.1f}%  {k}")
+  return out
+
+
 def run(cases=None, chunks=()) -> dict:
   """Benchmark entry point of ``benchmarks/run.py``."""
   cases = cases or (CASES + (ACCELERATOR_CASES if jax.default_backend() != "cpu" else []))
-  rows = [r for c in cases for r in measure(*c, chunks=chunks)]
+  # Medians of 5 calls where a call takes about a second; of 3 for the cases of tens of seconds.
+  rows = [r for c in cases for r in measure(*c, chunks=chunks, repeats=5 if c[1][0] * c[4] <= 256 else 3)]
   dev = jax.devices()[0]
-  return {"title": "Sweep engine vs a loop of jitted single runs", "rows": rows,
+  ratios = "; ".join(f"{r['model']} x {r['members']} members: {r['engine / loop speed']}x" for r in rows)
+  return {"title": "Sweep engine vs a loop of jitted single runs", "rows": rows, "command": COMMAND,
           "notes": (f"One process, {dev.platform} ({dev.device_kind}), 1 device; learning rates x seeds, "
                     "SGD + momentum with the learning rate injected; the loop runs each member as one "
-                    "jitted lax.scan over its steps (compiled once). Best of 3 warm calls each. "
+                    "jitted lax.scan over its steps (compiled once). Medians of warm calls (5 for "
+                    "the 16-member 16-32-10 case, 3 for the others), loop and engine alternating. Engine / loop speed measured: " + ratios + ". "
                     "`python benchmarks/sweep.py` (`--all` adds 784-256-10 x 256 members, sized for an "
-                    "accelerator).")}
+                    "accelerator; `--profile` prints where the engine's time goes by XLA op).")}
 
 
 def main(argv):
@@ -126,10 +171,14 @@ def main(argv):
   p.add_argument("--all", action="store_true")
   p.add_argument("--chunks", type=int, nargs="*", default=[])
   p.add_argument("--case", type=int, nargs="*", default=None)
+  p.add_argument("--profile", action="store_true", help="XLA op breakdown of the first case's engine run")
   args = p.parse_args(argv)
   cases = CASES + ACCELERATOR_CASES if args.all else CASES
   if args.case is not None:
     cases = [cases[i] for i in args.case]
+  if args.profile:
+    profile(cases[0])
+    return
   run(cases, args.chunks)
 
 
