@@ -147,6 +147,14 @@ def profile(case, top=12) -> list[tuple[str, float]]:
   out = [(k, v / whole) for k, v in total.most_common(top)]
   for k, share in out:
     print(f"{share * 100:5.1f}%  {k}")
+  groups = collections.Counter()
+  for k, v in total.items():
+    kind = ("matmuls (dot, ynn fusions)" if "dot" in k or "ynn" in k else
+            "transposes and copies" if "transpose" in k or "copy" in k else "other fusions and ops")
+    groups[kind] += v / whole
+  for kind, share in groups.most_common():
+    print(f"{share * 100:5.1f}%  {kind} (all)")
+  print(f"{len(total)} distinct ops; op time {whole / case[3]:.0f} us per step of {case[4]} members")
   return out
 
 
