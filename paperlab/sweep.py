@@ -57,12 +57,18 @@ Example (a user's own Optax chain, learning rate x seeds)::
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import faulthandler
 import itertools
 import logging
 import math
+import os
 import pathlib
 import re
+import sys
+import threading
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -354,11 +360,114 @@ def member_map(fn: Callable, mesh: jax.sharding.Mesh, chunk_size: int, n_member:
   return wrapped
 
 
+def usable_cores() -> int:
+  """CPU cores this process may run on (its affinity mask, e.g. under ``taskset``)."""
+  try:
+    return max(1, len(os.sched_getaffinity(0)))
+  except (AttributeError, OSError):
+    return max(1, os.cpu_count() or 1)
+
+
+def default_devices(backend: str | None = None) -> list[jax.Device]:
+  """The devices a sweep shards over when none are given.
+
+  Every device of an accelerator backend. On CPU at most one device per usable
+  core (`usable_cores`): simulated CPU devices beyond the cores give no speed,
+  and XLA:CPU runs every device's program on one shared thread pool, so more
+  concurrent device programs than cores only compete for it (a batched LAPACK
+  kernel such as ``jnp.linalg.eigvals`` waits on that pool from inside it and
+  deadlocks when every pool thread holds such a wait). An explicit
+  ``devices=`` still shards over as many as asked.
+  """
+  devices = jax.devices(backend) if backend else jax.devices()
+  if devices[0].platform == "cpu":
+    devices = devices[:usable_cores()]
+  return list(devices)
+
+
 def _sweep_mesh(devices: Sequence[jax.Device] | int | None) -> jax.sharding.Mesh:
+  if isinstance(devices, bool) or (isinstance(devices, int) and devices < 1):
+    raise ValueError(f"devices must be a positive count or a list of devices, got {devices!r}.")
   if isinstance(devices, int):
+    if devices > jax.device_count():
+      raise ValueError(f"devices={devices} but only {jax.device_count()} devices exist.")
     devices = jax.devices()[:devices]
-  devices = list(jax.devices() if devices is None else devices)
+  devices = default_devices() if devices is None else list(devices)
   return mesh_lib.make_mesh({mesh_lib.SWEEP: len(devices)}, devices)
+
+
+STALL_S = float(os.environ.get("PAPERLAB_SWEEP_STALL_S", "120"))
+
+
+class SweepStalled(RuntimeError):
+  """A sweep program made no progress (a CPU deadlock) within the stall limit."""
+
+
+def wait(tree: Any, what: str = "sweep program", *, stall_s: float | None = None) -> Any:
+  """``jax.block_until_ready(tree)`` that never waits forever on the CPU backend.
+
+  On CPU a running program burns process CPU time; a deadlocked one (every
+  XLA:CPU pool thread waiting on another) burns none. If the arrays are not
+  ready and the process used under 1% of a core for ``stall_s`` seconds
+  (default `STALL_S`, env ``PAPERLAB_SWEEP_STALL_S``), `SweepStalled` is
+  raised naming the program. Long computations are never cut: only the
+  absence of progress counts. On accelerators (the host idles while the device
+  works) this is a plain ``jax.block_until_ready``.
+
+  Raises:
+    SweepStalled: no progress for ``stall_s`` seconds.
+  """
+  leaves = [x for x in jax.tree.leaves(tree) if isinstance(x, jax.Array)]
+  if not leaves or all(getattr(x, "is_ready", lambda: False)() for x in leaves):
+    return tree
+  if any(d.platform != "cpu" for x in leaves for d in x.devices()):
+    return jax.block_until_ready(tree)
+  stall_s = STALL_S if stall_s is None else stall_s
+  done = threading.Event()
+  errors: list[BaseException] = []
+
+  def block():
+    try:
+      jax.block_until_ready(leaves)
+    except BaseException as e:  # pylint: disable=broad-except
+      errors.append(e)
+    finally:
+      done.set()
+
+  threading.Thread(target=block, name="paperlab-sweep-wait", daemon=True).start()
+  window = max(min(stall_s, 5.0), 0.05)
+  cpu0, t0 = time.process_time(), time.monotonic()
+  while not done.wait(window):
+    cpu, now = time.process_time(), time.monotonic()
+    if cpu - cpu0 > 0.01 * (now - t0):  # progress: restart the stall clock
+      cpu0, t0 = cpu, now
+    elif now - t0 >= stall_s:
+      raise SweepStalled(
+          f"{what} made no progress for {now - t0:.0f} s on {len(leaves[0].devices())} CPU "
+          f"device(s) ({usable_cores()} usable cores): an XLA:CPU deadlock; shard over fewer "
+          "devices (devices=None uses at most one per core).")
+  if errors:
+    raise errors[0]
+  return tree
+
+
+@contextlib.contextmanager
+def hang_guard(seconds: float):
+  """Within the block, a process still running after ``seconds`` dumps every thread's
+  traceback to stderr and exits (code 1) instead of waiting forever.
+
+  For tests and batch jobs that run sweeps (the test suite applies it to every
+  test, env ``PAPERLAB_TEST_HANG_S``): a hung test fails with the stacks of
+  its threads rather than stalling the whole run. One guard per process at a
+  time (`faulthandler.dump_traceback_later`); the previous one is cancelled.
+  """
+  if not seconds > 0:
+    raise ValueError(f"hang_guard needs seconds > 0, got {seconds!r}.")
+  faulthandler.dump_traceback_later(seconds, exit=True, file=sys.__stderr__)
+  try:
+    yield
+  finally:
+    faulthandler.cancel_dump_traceback_later()
 
 
 def _padded(arrays: Mapping[str, np.ndarray], size: int) -> dict[str, np.ndarray]:
@@ -371,9 +480,10 @@ def evaluate(fn: Callable[[Mapping[str, jax.Array]], Any], grid: Grid, *, shared
   """``fn(hp)`` (or ``fn(hp, shared)``) of every member of ``grid``: one jitted, chunked, sharded call.
 
   For per-point computations that are not training runs (a spectral radius,
-  steps to converge). Returns the outputs with a leading member axis
-  (``len(grid)``, in member order). ``chunk_size`` defaults to every member
-  of a device, at most 256.
+  steps to converge). Returns the outputs as host (NumPy) arrays with a
+  leading member axis (``len(grid)``, in member order). ``chunk_size``
+  defaults to every member of a device, at most 256; ``devices`` as in
+  `Sweep`.
   """
   mesh = _sweep_mesh(devices)
   n_dev = mesh.devices.size
@@ -382,8 +492,10 @@ def evaluate(fn: Callable[[Mapping[str, jax.Array]], Any], grid: Grid, *, shared
   padded = -(-len(grid) // (c * n_dev)) * c * n_dev
   hp = jax.device_put(_padded(grid.arrays(), padded), NamedSharding(mesh, PartitionSpec(mesh_lib.SWEEP)))
   call = (lambda h: fn(h)) if shared is None else (lambda h, d: fn(h, d))
-  out = jax.jit(member_map(call, mesh, c, 1))(hp, *(() if shared is None else (shared,)))
-  return jax.tree.map(lambda x: x[:len(grid)], out)
+  out = wait(jax.jit(member_map(call, mesh, c, 1))(hp, *(() if shared is None else (shared,))),
+             "sweep.evaluate")
+  # The padding is dropped on the host: slicing the sharded arrays would be a cross-device program.
+  return jax.tree.map(lambda x: np.asarray(jax.device_get(x))[:len(grid)], out)
 
 
 class Sweep:
@@ -399,8 +511,9 @@ class Sweep:
     data: arrays every member reads (replicated), passed to ``step_fn``.
     chunk_size: members vmapped together (None: `default_chunk_size`);
       1 runs each member's unbatched program.
-    devices: devices of the ``sweep`` mesh axis (None: all; an int: the first
-      that many).
+    devices: devices of the ``sweep`` mesh axis (None: `default_devices`,
+      i.e. every accelerator, or on CPU at most one device per usable core;
+      an int: the first that many; a list: exactly those).
     freeze: freeze members whose metrics or state become non-finite.
   """
 
@@ -441,7 +554,7 @@ class Sweep:
       fn = self._map(self._init_member, 1)
       shapes = jax.eval_shape(fn, self.hp)
       self._init_jit = jax.jit(fn, out_shardings=jax.tree.map(lambda _: self.sharding, shapes))
-    return self._init_jit(self.hp)
+    return wait(self._init_jit(self.hp), "Sweep.init")
 
   def _chunk_member(self, stacked, hp, start, data, n):
     """``n`` steps of one member, then the freeze: a member whose state or any step's metrics
@@ -474,11 +587,12 @@ class Sweep:
     if n not in self._run_jit:
       fn = self._map(lambda s, h, t0, d: self._chunk_member(s, h, t0, d, n), 2)
       self._run_jit[n] = jax.jit(fn)  # no donation: the loop keeps the committed state
-    return self._run_jit[n](stacked, self.hp, jnp.int32(start), self.data if data is None else data)
+    out = self._run_jit[n](stacked, self.hp, jnp.int32(start), self.data if data is None else data)
+    return wait(out, f"Sweep.run(steps {start}..{start + n - 1})")
 
   def apply(self, fn: Callable[[Any, Mapping[str, jax.Array]], Any], stacked: Any) -> Any:
     """``fn(state, hp)`` of every member (e.g. an evaluation), chunked and sharded."""
-    return jax.jit(self._map(lambda s, h: fn(s[STATE], h), 2))(stacked, self.hp)
+    return wait(jax.jit(self._map(lambda s, h: fn(s[STATE], h), 2))(stacked, self.hp), "Sweep.apply")
 
   # -- host side
 
@@ -547,7 +661,7 @@ class Sweep:
         self.init(), step_fn=step_fn, num_steps=num_steps, workdir=workdir, log_every=log_every,
         checkpoint_every=checkpoint_every, eval_fn=eval_wrapped if eval_fn else None,
         eval_every=eval_every, desc=desc, progress=progress, progress_weight=progress_weight,
-        finite_keys=None)
+        finite_keys=None, check_state=False)  # each member's state is checked on its own device
     for mid, step in self.failures(state).items():
       reported.add(mid)
     files.atomic_write_text(workdir / "members.jsonl", "".join(

@@ -130,10 +130,10 @@ def test_chunked_member_matches_single_run():
 def test_sharded_equals_unsharded():
   assert jax.device_count() == 8
   results = []
-  for devices in (None, 1):
+  for devices in (jax.devices(), 1):  # an explicit list shards over all 8 simulated devices
     engine = _engine(2, devices=devices)
     stacked = engine.init()
-    if devices is None:
+    if devices != 1:
       assert stacked["state"]["params"]["w1"].sharding.spec == jax.sharding.PartitionSpec("sweep")
       assert len(stacked["state"]["key"].sharding.device_set) == 8
     stacked, _ = engine.run(stacked, 0, 6)
@@ -198,3 +198,61 @@ def test_readme_sweeps_example_runs(tmp_path, capsys):
   exec(compile(block.replace('"/tmp/my_sweep"', repr(str(tmp_path / "s"))), "README", "exec"), {})  # pylint: disable=exec-used
   out = capsys.readouterr().out
   assert "| 0.1 | 0 |" in out and "(n=4)" in out
+
+
+def test_default_devices_at_most_one_per_core():
+  n = min(jax.device_count(), sweep.usable_cores())
+  assert len(sweep.default_devices()) == n
+  assert _engine(2).mesh.devices.size == n
+  assert _engine(2, devices=jax.devices()).mesh.devices.size == 8  # explicit: as asked
+  with pytest.raises(ValueError, match="only 8 devices"):
+    _engine(2, devices=9)
+
+
+def test_chunk_program_has_no_cross_device_collective():
+  engine = _engine(2, devices=jax.devices())
+  stacked = engine.init()
+  engine.run(stacked, 0, 3)
+  hlo = engine._run_jit[3].lower(stacked, engine.hp, jnp.int32(0), engine.data).compile().as_text()
+  for op in ("all-reduce", "all-gather", "collective-permute", "all-to-all", "reduce-scatter"):
+    assert op not in hlo, op
+  out = sweep.evaluate(lambda hp: hp["learning_rate"] * 2, GRID, devices=jax.devices())
+  assert isinstance(out, np.ndarray) and out.shape == (len(GRID),)  # padding dropped on the host
+
+
+def test_wait_raises_on_a_stalled_program():
+  import threading  # pylint: disable=g-import-not-at-top
+  release = threading.Event()
+
+  def blocked(x):
+    release.wait(20)
+    return x
+
+  timer = threading.Timer(10, release.set)  # a broken guard returns only after this
+  timer.start()
+  try:
+    # A sharded program runs asynchronously; its host callback waits on the event, idle.
+    mesh = sweep._sweep_mesh(2)
+    call = jax.jit(sweep.member_map(
+        lambda h: jax.pure_callback(blocked, jax.ShapeDtypeStruct((), jnp.float32), h), mesh, 1, 1))
+    out = call(jnp.ones(2))
+    with pytest.raises(sweep.SweepStalled, match="made no progress"):
+      sweep.wait(out, stall_s=1.0)
+  finally:
+    release.set()
+    timer.cancel()
+  np.testing.assert_array_equal(sweep.wait(out), [1.0, 1.0])
+
+
+def test_hang_guard_dumps_and_exits(tmp_path):
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  code = ("import time\nfrom paperlab import sweep\nwith sweep.hang_guard(1):\n  time.sleep(30)\n"
+          "print('not reached')\n")
+  proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                        check=False)
+  assert proc.returncode != 0 and "not reached" not in proc.stdout
+  assert "most recent call first" in proc.stderr
+  with pytest.raises(ValueError, match="seconds > 0"):
+    with sweep.hang_guard(0):
+      pass
