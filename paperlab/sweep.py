@@ -57,16 +57,13 @@ Example (a user's own Optax chain, learning rate x seeds)::
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import faulthandler
 import itertools
 import logging
 import math
 import os
 import pathlib
 import re
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -449,25 +446,6 @@ def wait(tree: Any, what: str = "sweep program", *, stall_s: float | None = None
   if errors:
     raise errors[0]
   return tree
-
-
-@contextlib.contextmanager
-def hang_guard(seconds: float):
-  """Within the block, a process still running after ``seconds`` dumps every thread's
-  traceback to stderr and exits (code 1) instead of waiting forever.
-
-  For tests and batch jobs that run sweeps (the test suite applies it to every
-  test, env ``PAPERLAB_TEST_HANG_S``): a hung test fails with the stacks of
-  its threads rather than stalling the whole run. One guard per process at a
-  time (`faulthandler.dump_traceback_later`); the previous one is cancelled.
-  """
-  if not seconds > 0:
-    raise ValueError(f"hang_guard needs seconds > 0, got {seconds!r}.")
-  faulthandler.dump_traceback_later(seconds, exit=True, file=sys.__stderr__)
-  try:
-    yield
-  finally:
-    faulthandler.cancel_dump_traceback_later()
 
 
 def _padded(arrays: Mapping[str, np.ndarray], size: int) -> dict[str, np.ndarray]:
