@@ -198,3 +198,20 @@ def test_readme_sweeps_example_runs(tmp_path, capsys):
   exec(compile(block.replace('"/tmp/my_sweep"', repr(str(tmp_path / "s"))), "README", "exec"), {})  # pylint: disable=exec-used
   out = capsys.readouterr().out
   assert "| 0.1 | 0 |" in out and "(n=4)" in out
+
+
+def test_apply_with_shared_data_is_each_members_function_compiled_once():
+  engine = _engine(2, devices=1)
+  stacked = engine.init()
+
+  def test_loss(state, hp, data):
+    return {"loss": loss_fn(state["params"], *data), "lr": hp["learning_rate"]}
+
+  out = engine.apply(test_loss, stacked, (DATA_X, DATA_Y))
+  for m in engine.members:
+    ref = loss_fn(engine.unstack(stacked["state"], m.index)["params"], DATA_X, DATA_Y)
+    np.testing.assert_allclose(out["loss"][m.index], ref, rtol=1e-6)
+    assert float(out["lr"][m.index]) == np.float32(m.values["learning_rate"])
+  first = engine._apply_jit[(test_loss, False)]  # pylint: disable=protected-access
+  engine.apply(test_loss, stacked, (DATA_X[::-1], DATA_Y[::-1]))  # other values, same program
+  assert len(engine._apply_jit) == 1 and engine._apply_jit[(test_loss, False)] is first  # pylint: disable=protected-access
