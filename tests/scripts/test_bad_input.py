@@ -38,6 +38,11 @@ CASES = {
         ("--checkpoint-every 150", "checkpoint_every must be a positive multiple"),
         ("--log-every 0", "log_every must be >= 1"), ("--hidden 0", "hidden widths"),
         ("--dataset imagenet", "dataset must be one of"), ("--batch-size 0", "batch_size"),
+        ("--sweep nope=1", "unknown key 'nope'; this script sweeps lr, momentum, weight_decay"),
+        ("--sweep lr=", "empty list"), ("--sweep lr=0.1,x", "'x' is not a number"),
+        ("--sweep lr=0.1,-1", "lr must be > 0"), ("--sweep epochs=1,2", "cannot sweep epochs"),
+        ("--sweep dataset=mnist,digits", "cannot group"), ("--seeds 2:1", "empty range"),
+        ("--seeds 0:2 --mesh data=2", "without --mesh"),
     ],
     ccl: [
         ("--epochs 0", "epochs"), ("--methods", "methods must list"), ("--methods ccl ccl", "methods"),
