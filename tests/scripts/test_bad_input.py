@@ -52,6 +52,11 @@ CASES = {
         ("--diag-examples 5", "diag_examples"), ("--batches-per-epoch 0", "batches_per_epoch"),
         ("--model rnn", "--model"), ("--model ae --channels 1 2 3 4 5 6", "at most 5"),
         ("--hidden 0", "widths"), ("--scale-c -1", "loss weights"), ("--warmup-steps -1", "warmup_steps"),
+        ("--sweep nope=1", "unknown key 'nope'; this script sweeps lr, bp_lr, momentum"),
+        ("--sweep lr=", "empty list"), ("--sweep lr=1,x", "'x' is not a number"),
+        ("--sweep lr=1,-1", "lr must be > 0"), ("--sweep momentum=0.5,1", "momentum must be in"),
+        ("--sweep epochs=1,2", "cannot sweep epochs"), ("--sweep model=mlp,cnn", "cannot group"),
+        ("--sweep lr=1,2 --sweep momentum=0 --sweep-zip", "equal length"),
     ],
     dion: [
         ("--timing-calls 0", "timing_calls must be >= 1"), ("--eval-windows 0", "eval_windows must be >= 1"),

@@ -10,10 +10,13 @@ import sys
 
 import numpy as np
 
+from paperlab import config
+
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "scripts"))
 
 import baseline_mlp  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
+import ccl  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
 
 MLP_ARGS = ["--dataset", "digits", "--epochs", "2", "--hidden", "16", "--batch-size", "64",
             "--log-every", "11", "--checkpoint-every", "22"]
@@ -38,3 +41,38 @@ def test_baseline_mlp_member_equals_its_single_run(tmp_path):
   assert saved["headline"][0]["metric"].startswith("BP MLP test accuracy (digits") and "lr=0.05" in \
       saved["headline"][0]["metric"]
   assert (tmp_path / "sweep" / "sweep.json").exists() and (tmp_path / "sweep" / "members.jsonl").exists()
+
+
+CCL_ARGS = ["--dataset", "digits", "--epochs", "2", "--hidden", "16", "16", "--batch-size", "64",
+            "--diag-examples", "50", "--batches-per-epoch", "6", "--methods", "ccl"]
+
+
+def test_ccl_member_equals_the_loop_run_of_its_config(tmp_path, monkeypatch):
+  res = ccl.main(CCL_ARGS + ["--seeds", "0", "1", "--sweep", "lr=0.5,1", "--workdir", str(tmp_path / "sweep")])
+  assert [(r["seed"], r["values"]) for r in res["runs"]["ccl"]] == [
+      (0, {"lr": 0.5}), (1, {"lr": 0.5}), (0, {"lr": 1.0}), (1, {"lr": 1.0})]
+  assert len(res["sweep"]["ccl"]["points"]) == 2 and res["sweep"]["ccl"]["points"][0]["final"]["n"] == 2
+  # The member (seed 1, lr 0.5; the default lr is 1) against one loop.train run of that config.
+  monkeypatch.setattr(ccl, "use_engine", lambda cfg: False)
+  single = ccl.main(CCL_ARGS + ["--seeds", "1", "--lr", "0.5", "--workdir", str(tmp_path / "single")])
+  member, ref = res["runs"]["ccl"][1], single["runs"]["ccl"][0]
+  assert member["selected_epoch"] == ref["selected_epoch"]
+  np.testing.assert_allclose([member["final"], member["selected"]], [ref["final"], ref["selected"]], rtol=1e-6)
+  rows = [json.loads(x) for x in (tmp_path / "sweep" / "ccl" / "members.jsonl").read_text().splitlines()]
+  ref_rows = [json.loads(x) for x in (tmp_path / "single" / "ccl" / "m000" / "metrics.jsonl").read_text().splitlines()]
+  rows = [r for r in rows if r["member"] == "m001"]
+  assert [r["step"] for r in rows] == [r["step"] for r in ref_rows] == [6, 12]
+  for r, ref_row in zip(rows, ref_rows):  # losses, accuracies and the cos / CKA diagnostics per epoch
+    keys = sorted(set(ref_row) - {"step", "chunk_s"})
+    assert set(keys) <= set(r) and "cka_0" in keys and "cos_2" in keys
+    np.testing.assert_allclose([r[k] for k in keys], [ref_row[k] for k in keys], rtol=1e-6, atol=1e-7)
+
+
+def test_ccl_sweep_keys_per_method():
+  request = config.SweepRequest(numeric=(("lr", (0.5, 1.0)), ("bp_lr", (0.1,)), ("momentum", (0.0, 0.9))))
+  cfg = ccl.Config()
+  assert ccl.method_keys(cfg, "ccl", request) == {"lr": (0.5, 1.0), "momentum": (0.0, 0.9)}
+  assert ccl.method_keys(cfg, "bp", request) == {"bp_lr": (0.1,), "momentum": (0.0, 0.9)}
+  only_lr = config.SweepRequest(numeric=(("lr", (0.5, 1.0)),))
+  assert ccl.method_keys(cfg, "bp", only_lr) == {"lr": (0.5, 1.0)}  # BP follows lr while bp_lr is None
+  assert ccl.method_keys(ccl.Config(bp_lr=0.03), "bp", only_lr) == {}
