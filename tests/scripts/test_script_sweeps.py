@@ -8,8 +8,14 @@ import json
 import pathlib
 import sys
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
+from flax import nnx
 
+from nas import autoencoder as ae
+from nas import functions as fns
 from paperlab import config
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -17,6 +23,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 import baseline_mlp  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
 import ccl  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
+import swat_nn  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
 
 MLP_ARGS = ["--dataset", "digits", "--epochs", "2", "--hidden", "16", "--batch-size", "64",
             "--log-every", "11", "--checkpoint-every", "22"]
@@ -76,3 +83,17 @@ def test_ccl_sweep_keys_per_method():
   only_lr = config.SweepRequest(numeric=(("lr", (0.5, 1.0)),))
   assert ccl.method_keys(cfg, "bp", only_lr) == {"lr": (0.5, 1.0)}  # BP follows lr while bp_lr is None
   assert ccl.method_keys(ccl.Config(bp_lr=0.03), "bp", only_lr) == {}
+
+
+def test_swat_nn_search_member_equals_its_single_search(monkeypatch):
+  monkeypatch.setattr(swat_nn, "DEPTHS", (2,))  # one depth: one compile per search call
+  cfg = swat_nn.Config(d_model=8, num_heads=2, search_steps=6, search_warmup=2, anneal_steps=3,
+                       functions=("booth", "himmelblau"), n_train=16, n_test=8, seed=3)
+  graphdef, state = ae.init_state(ae.Autoencoder(cfg.ae_config(), rngs=nnx.Rngs(0)), optax.adam(1e-3))
+  data = [fns.make_dataset(n, seed=cfg.seed, n_train=cfg.n_train, n_test=cfg.n_test) for n in cfg.functions]
+  both = swat_nn.latent_search(cfg, graphdef, state["params"], data, seeds=(0, 2))
+  alone = swat_nn.latent_search(cfg, graphdef, state["params"], data, seeds=(2,))
+  for depth in (2,):
+    z_both, z_alone = both[depth]["params"]["z"], alone[depth]["params"]["z"]
+    np.testing.assert_allclose(z_both[2:], z_alone, rtol=1e-5, atol=1e-6)  # entries of seed 2
+    assert not np.allclose(z_both[:2], z_alone)  # seed 0 is another search
