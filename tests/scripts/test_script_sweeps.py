@@ -23,6 +23,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 import baseline_mlp  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
 import ccl  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
+import fed_partial  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
 import swat_nn  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
 
 MLP_ARGS = ["--dataset", "digits", "--epochs", "2", "--hidden", "16", "--batch-size", "64",
@@ -97,3 +98,27 @@ def test_swat_nn_search_member_equals_its_single_search(monkeypatch):
     z_both, z_alone = both[depth]["params"]["z"], alone[depth]["params"]["z"]
     np.testing.assert_allclose(z_both[2:], z_alone, rtol=1e-5, atol=1e-6)  # entries of seed 2
     assert not np.allclose(z_both[:2], z_alone)  # seed 0 is another search
+
+
+FED_ARGS = ["--preset", "quick", "--dataset", "digits", "--num_clients", "4", "--clients_per_round", "2",
+            "--batch_size", "16", "--max_client_examples", "32", "--hidden", "8", "--adapter_dim", "2",
+            "--pretrain_rounds", "2", "--rounds", "3", "--eval_every", "3", "--splits", "output",
+            "--algorithms", "fedsim", "fedalt", "--finetune_epochs", "1", "--permute_fraction", "0.2"]
+
+
+def test_fed_partial_client_lr_member_equals_its_single_run(tmp_path):
+  argv = FED_ARGS + ["--sweep", "client_lr=0.05,0.3", "--workdir", str(tmp_path / "run")]
+  cfg, run = config.cli(fed_partial.Config, fed_partial.PRESETS, paper="fed_partial", argv=argv,
+                        sweep=config.SweepOptions(numeric=("client_lr",)))
+  exp = fed_partial.Experiment(cfg, run)
+  for algorithm in ("fedsim", "fedalt"):
+    members = exp.federated_sweep(f"{algorithm}-sweep", "output", algorithm, exp.params, rounds=3, lrs=(0.05, 0.3))
+    assert [lr for lr, _, _ in members] == [0.05, 0.3]
+    _, ref, _ = exp.federated(f"{algorithm}-single", "output", algorithm, exp.params, rounds=3, lr=0.3)
+    state = members[1][2]
+    assert int(state.round) == int(ref.round) == 3
+    for a, b in zip(jax.tree.leaves((state.shared, state.personal)), jax.tree.leaves((ref.shared, ref.personal)),
+                    strict=True):
+      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=algorithm)
+    other = members[0][2]
+    assert not np.allclose(jax.tree.leaves(other.shared)[0], jax.tree.leaves(ref.shared)[0])
