@@ -114,6 +114,8 @@ class Config:
     req(self.stateless_eval in alg.STATELESS_EVALS,
         f"stateless_eval must be one of {alg.STATELESS_EVALS}, got {self.stateless_eval!r}.")
     req(len(set(self.seeds)) == len(self.seeds), f"seeds must be distinct, got {self.seeds}.")
+    req(self.seed >= 0 and all(s >= 0 for s in self.seeds),
+        f"seed and seeds must be >= 0, got seed={self.seed}, seeds={self.seeds}.")
     req(self.num_clients >= 1, f"num_clients must be >= 1, got {self.num_clients}.")
     req(1 <= self.clients_per_round <= self.num_clients,
         f"clients_per_round must be in [1, num_clients={self.num_clients}], got {self.clients_per_round}.")
