@@ -515,6 +515,7 @@ class Sweep:
     self.sharding = NamedSharding(self.mesh, PartitionSpec(mesh_lib.SWEEP))
     self.hp = jax.device_put(_padded(grid.arrays(), self.padded), self.sharding)
     self._run_jit: dict[int, Callable] = {}
+    self._apply_jit: dict[tuple[Callable, bool], Callable] = {}
     self._init_jit = None
 
   # -- per-member programs, chunked and sharded
@@ -568,9 +569,21 @@ class Sweep:
     out = self._run_jit[n](stacked, self.hp, jnp.int32(start), self.data if data is None else data)
     return wait(out, f"Sweep.run(steps {start}..{start + n - 1})")
 
-  def apply(self, fn: Callable[[Any, Mapping[str, jax.Array]], Any], stacked: Any) -> Any:
-    """``fn(state, hp)`` of every member (e.g. an evaluation), chunked and sharded."""
-    return wait(jax.jit(self._map(lambda s, h: fn(s[STATE], h), 2))(stacked, self.hp), "Sweep.apply")
+  def apply(self, fn: Callable[..., Any], stacked: Any, data: Any = None) -> Any:
+    """``fn(state, hp)`` of every member (e.g. an evaluation), chunked and sharded.
+
+    With ``data`` (arrays every member reads, e.g. a test set), ``fn(state, hp,
+    data)``: passed as an argument, not a compile-time constant. Compiled once
+    per ``fn``.
+    """
+    key = (fn, data is None)
+    if key not in self._apply_jit:
+      if data is None:
+        self._apply_jit[key] = jax.jit(self._map(lambda s, h: fn(s[STATE], h), 2))
+      else:
+        self._apply_jit[key] = jax.jit(self._map(lambda s, h, d: fn(s[STATE], h, d), 2))
+    out = self._apply_jit[key](stacked, self.hp, *(() if data is None else (data,)))
+    return wait(out, "Sweep.apply")
 
   # -- host side
 
@@ -587,7 +600,7 @@ class Sweep:
             checkpoint_every: int | None = None, eval_fn: Callable | None = None,
             eval_every: int | None = None, desc: str = "sweep", progress=None,
             progress_weight: float = 1.0, base_config: Mapping[str, Any] | None = None,
-            data_fn: Callable[[int, int], Any] | None = None):
+            data_fn: Callable[[int, int], Any] | None = None, eval_data: Any = None):
     """Trains every member through `paperlab.loop.train` (checkpoints, resume, NaN guard).
 
     Metrics records hold each member's value as ``name/<id>`` and the mean
@@ -596,7 +609,8 @@ class Sweep:
     stay finite (all members frozen stops the run). ``eval_fn(state, hp)``
     gives one member's evaluation metrics; ``data_fn(step, n)``, when given,
     makes each chunk's ``data`` on the host (batches as a function of the
-    step keep resumed runs exact).
+    step keep resumed runs exact). With ``eval_data``, ``eval_fn(state, hp,
+    eval_data)`` (see `apply`).
 
     Returns:
       ``(stacked state, per-member final metrics {name: [members]}, history)``.
@@ -633,7 +647,7 @@ class Sweep:
 
     def eval_wrapped(stacked, step):
       del step
-      return record(stacked, self.apply(eval_fn, stacked))
+      return record(stacked, self.apply(eval_fn, stacked, eval_data))
 
     state, history = loop.train(
         self.init(), step_fn=step_fn, num_steps=num_steps, workdir=workdir, log_every=log_every,

@@ -242,3 +242,20 @@ def test_wait_raises_on_a_stalled_program():
     release.set()
     timer.cancel()
   np.testing.assert_array_equal(sweep.wait(out), [1.0, 1.0])
+
+
+def test_apply_with_shared_data_is_each_members_function_compiled_once():
+  engine = _engine(2, devices=1)
+  stacked = engine.init()
+
+  def test_loss(state, hp, data):
+    return {"loss": loss_fn(state["params"], *data), "lr": hp["learning_rate"]}
+
+  out = engine.apply(test_loss, stacked, (DATA_X, DATA_Y))
+  for m in engine.members:
+    ref = loss_fn(engine.unstack(stacked["state"], m.index)["params"], DATA_X, DATA_Y)
+    np.testing.assert_allclose(out["loss"][m.index], ref, rtol=1e-6)
+    assert float(out["lr"][m.index]) == np.float32(m.values["learning_rate"])
+  first = engine._apply_jit[(test_loss, False)]  # pylint: disable=protected-access
+  engine.apply(test_loss, stacked, (DATA_X[::-1], DATA_Y[::-1]))  # other values, same program
+  assert len(engine._apply_jit) == 1 and engine._apply_jit[(test_loss, False)] is first  # pylint: disable=protected-access
