@@ -110,6 +110,7 @@ class Config:
   fmnist_eval_every: int = 500
   fmnist_classifier_steps: int = 1500  # Adam steps (batch 256) of the scoring classifier
   fmnist_samples: int = 5000  # generated images scored per optimizer
+  fmnist_seeds: int = 3  # GAN seeds per optimizer (seed, seed + 1, ...), vmapped; paired across optimizers
   parts: tuple[str, ...] = ("bilinear", "sweep", "gan")  # experiments to run (of PARTS)
   seed: int = 0
 
@@ -118,7 +119,8 @@ class Config:
     req(len(self.parts) > 0 and set(self.parts) <= set(PARTS),
         f"parts must be a non-empty subset of {PARTS}, got {self.parts}.")
     req(min(self.fmnist_steps, self.fmnist_batch, self.fmnist_hidden, self.fmnist_z_dim,
-            self.fmnist_eval_every, self.fmnist_classifier_steps, self.fmnist_samples) >= 1,
+            self.fmnist_eval_every, self.fmnist_classifier_steps, self.fmnist_samples,
+            self.fmnist_seeds) >= 1,
         "fmnist_* sizes and step counts must be >= 1.")
     req(self.fmnist_lr > 0, f"fmnist_lr must be > 0, got {self.fmnist_lr}.")
     req(self.alpha > 0, f"alpha must be > 0, got {self.alpha}.")
@@ -382,11 +384,16 @@ def _fmnist_part(cfg: Config, run, results: dict, headline: list, progress, fmni
   from complex_momentum_fmnist import fmnist_experiment  # pylint: disable=g-import-not-at-top
   fm = results["fmnist"] = fmnist_experiment(cfg, run, FMNIST_METHODS, progress=progress,
                                              arrays=fmnist_data)
+  first = next(iter(fm["methods"]))
   for name, r in fm["methods"].items():
+    is_, fd = r["IS_over_seeds"], r["FD_over_seeds"]
+    paired = ("" if name == first else f"; minus {first}, paired: IS {stats.spread(r[f'IS_minus_{first}'], 3, ci=True)}, "
+              f"FD {stats.spread(r[f'FD_minus_{first}'], 3, ci=True)}")
     headline.append({"metric": f"Fashion-MNIST GAN classifier-IS / FD, {name}",
-                     "value": f"{r['IS']:.3f} / {r['FD']:.2f}",
-                     "note": f"{cfg.fmnist_steps} steps; own classifier (test acc "
-                             f"{fm['classifier_accuracy']:.3f}), not Inception"})
+                     "value": f"{is_['mean']:.3f} +- {is_['std']:.3f} / {fd['mean']:.2f} +- {fd['std']:.2f} "
+                              f"(n={is_['n']})",
+                     "note": f"{cfg.fmnist_steps} steps, seeds {fm['seeds']}; own classifier (test acc "
+                             f"{fm['classifier_accuracy']:.3f}), not Inception{paired}"})
 
 
 def _units(cfg: Config, part: str) -> int:

@@ -409,13 +409,10 @@ def main(argv=None) -> dict:
     results["fixed_activation"] = {"activation": cfg.dense_activation,
                                    "heldout_first": _no_timing(fixed_heldout[0]),
                                    "heldout_last": _no_timing(fixed_heldout[-1])}
-  _write_figures(cfg, run, history, rows[:len(data)], data, found, chosen_depth[:len(data)])
   tables = [table_markdown(rows[:len(data)], {k: float(np.mean([r[k] for r in rows[:len(data)]]))
                                                 for k in keys}),
             comparison_markdown(results["per_function"], fixed is not None),
             depth_markdown(rows, fixed is not None)]
-  files.atomic_write_text(run.path("table.md"), "\n\n".join(tables) + "\n")
-  print("\n\n".join(tables[1:]))
   o = over_seeds
   n_f = len(data)
   headline = [
@@ -437,9 +434,24 @@ def main(argv=None) -> dict:
     headline.insert(2, {"metric": f"fixed-activation ({cfg.dense_activation}) AE search mean test MSE",
                         "value": stats.spread(o["fixed_test_mse"]),
                         "note": f"mean non-zero params {stats.spread(o['fixed_params'])}"})
-  run.write_results(results, headline, timing={"autoencoder_seconds": t_ae, "total_seconds": t_total})
+  write_outputs(run, results, headline, {"autoencoder_seconds": t_ae, "total_seconds": t_total}, tables,
+                lambda: _write_figures(cfg, run, history, rows[:len(data)], data, found,
+                                       chosen_depth[:len(data)]))
   log.info("Done in %.0f s (autoencoder %.0f s).", t_total, t_ae)
   return results
+
+
+def write_outputs(run, results: dict, headline: list[dict], timing: dict, tables: list[str],
+                  figures) -> None:
+  """Writes table.md and results.json, then calls ``figures()``: a figure that fails loses no number."""
+  files.atomic_write_text(run.path("table.md"), "\n\n".join(tables) + "\n")
+  print("\n\n".join(tables[1:]))
+  run.write_results(results, headline, timing=timing)
+  try:
+    figures()
+  except Exception:
+    log.error("table.md and results.json are written in %s; writing the figures failed.", run.workdir)
+    raise
 
 
 def per_function_stats(rows: list[dict], keys: list[str]) -> dict[str, dict]:
