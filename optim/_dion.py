@@ -274,6 +274,21 @@ def _column_normalize(r: jax.Array, eps: Any) -> jax.Array:
   return r / (jnp.linalg.norm(r, axis=-2, keepdims=True) + eps)
 
 
+def _cols_product(b: jax.Array, x: jax.Array) -> jax.Array:
+  """``B X`` for ``B`` of shape ``(L, m, n)`` and ``X`` of shape ``(L, n, r)``."""
+  return jnp.einsum("lmn,lnr->lmr", b, x)
+
+
+def _rows_product(b: jax.Array, x: jax.Array) -> jax.Array:
+  """``B^T X`` for ``B`` of shape ``(L, m, n)`` and ``X`` of shape ``(L, m, r)``.
+
+  Computed as ``X^T B`` (shape ``(L, r, n)``, a GEMM at full rate) and then
+  transposed; the optimization barrier keeps XLA from folding the transpose
+  back into the product's layout, which brings back the slow GEMM.
+  """
+  return jnp.swapaxes(lax.optimization_barrier(jnp.einsum("lmr,lmn->lrn", x, b)), -1, -2)
+
+
 class DionStep(NamedTuple):
   """Result of `power_step` on oriented ``(L, p, q)`` matrices."""
   p: jax.Array  # (L, p, r) orthonormal columns (0 where B = 0)
@@ -304,11 +319,18 @@ def power_step(b: jax.Array, q: jax.Array, key: jax.Array, *, mu: Any = 0.95, ep
   full = layout.stored if transposed else layout.full
   bs = "lqp" if transposed else "lpq"  # subscripts of b as given
   basis = q
+  # Of the two products, the one over B's row axis (B^T Q when transposed, else
+  # B^T P) is taken as (x^T B)^T: XLA:CPU runs a GEMM whose result is
+  # (rows x r) with the contraction on the operand's row axis 5-10x below its
+  # normal rate, so that product is formed as (r x cols) and only the small
+  # result is transposed (see `_rows_product`).
+  mult_p = _rows_product if transposed else _cols_product
+  mult_q = _cols_product if transposed else _rows_product
   for i in range(power_iters):
-    p = sync(layout.tall(jnp.einsum(f"{bs},lqr->lpr", b, basis)))
+    p = sync(layout.tall(mult_p(b, basis)))
     p = orth.orthonormalize(p, qr_method, key=jax.random.fold_in(key, i), oversample=oversample,
                             small=layout.small, tall=layout.tall, sketch=layout.sketch)
-    basis = sync(layout.qside(jnp.einsum(f"{bs},lpr->lqr", b, p)))
+    basis = sync(layout.qside(mult_q(b, p)))
   if zero is None:  # per matrix: B = 0 (the caller may know it already)
     zero = jnp.all(b == 0, axis=(-2, -1))
   if data_axis:
