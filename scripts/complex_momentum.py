@@ -173,22 +173,28 @@ PRESETS = {
 # ------------------------------------------------------------------- (a) bilinear
 
 
-def _rho_of(mode: str):
-  """``hp -> spectral radius`` on the bilinear game, ``hp`` holding alpha, magnitude and angle."""
+def _iteration_matrix_of(mode: str):
+  """``hp -> iteration matrix`` on the bilinear game, ``hp`` holding alpha, magnitude and angle."""
   game = games.bilinear_game(1.0)
   zero = jnp.zeros(())
 
-  def rho(hp):
+  def matrix(hp):
     tx = complex_momentum(hp["alpha"], hp["magnitude"], hp["angle"])
     state = games.init_play(game, tx, (zero, zero))
-    return games.spectral_radius(games.make_step(game, tx, mode), state)
+    return games.iteration_matrix(games.make_step(game, tx, mode), state)
 
-  return rho
+  return matrix
 
 
 def spectral_radii(mode: str, grid: sweep.Grid) -> np.ndarray:
-  """Spectral radius of every point of a (alpha, |beta|, arg beta) grid: one sharded sweep call."""
-  return np.asarray(sweep.evaluate(_rho_of(mode), grid))
+  """Spectral radius of every point of a (alpha, |beta|, arg beta) grid.
+
+  The iteration matrices come from one sharded sweep call; their eigenvalues are
+  taken on the host (NumPy): a batched LAPACK eig inside concurrent XLA:CPU
+  device programs can deadlock their shared thread pool.
+  """
+  mats = np.asarray(sweep.evaluate(_iteration_matrix_of(mode), grid), np.float64)
+  return np.abs(np.linalg.eigvals(mats)).max(axis=-1)
 
 
 def spectral_table() -> list[dict]:
@@ -284,14 +290,18 @@ def adversarial_sweep(cfg: Config, run) -> dict:
     stays = jnp.flip(jnp.cumprod(jnp.flip(below)))
     steps = jnp.where(stays[-1] > 0, cfg.sweep_steps + 1 - jnp.sum(stays), cfg.sweep_steps + 1)
     zero = jax.tree.map(jnp.zeros_like, w0)
-    return steps, games.spectral_radius(step, games.init_play(game, tx, zero))
+    return steps, games.iteration_matrix(step, games.init_play(game, tx, zero))
 
   betas = [beta for cls in SWEEP_CLASSES.values() for beta in cls]
   # Members: gamma (outer) x step size x beta (zipped |beta|, arg beta), one sharded sweep call.
   grid = sweep.Grid.product(gamma=gammas, lr=cfg.sweep_lrs) * sweep.Grid.zipped(
       magnitude=[m for m, _ in betas], angle=[t for _, t in betas])
   shape = (len(gammas), len(cfg.sweep_lrs), len(betas))
-  steps, rhos = (np.asarray(x).reshape(shape) for x in sweep.evaluate(steps_and_rho, grid))
+  steps, mats = sweep.evaluate(steps_and_rho, grid)
+  steps = np.asarray(steps).reshape(shape)
+  # Eigenvalues on the host: a batched LAPACK eig inside concurrent XLA:CPU device
+  # programs can deadlock their shared thread pool (see `spectral_radii`).
+  rhos = np.abs(np.linalg.eigvals(np.asarray(mats, np.float64))).max(axis=-1).reshape(shape)
   cap = cfg.sweep_steps + 1
   out = {"gammas": gammas.round(4).tolist(), "steps": {}, "best": {}, "converged_count": {},
          "best_rho": {}}
