@@ -12,17 +12,3 @@ import jax  # noqa: E402  (must come after the flag)
 
 jax.config.update("jax_default_matmul_precision", "highest")
 
-
-import pytest  # noqa: E402
-
-from paperlab import sweep as _sweep  # noqa: E402
-
-# Every test runs under a hang guard: past this many seconds the worker dumps its threads'
-# tracebacks and exits, so a deadlock fails one test instead of stalling the suite.
-HANG_S = float(os.environ.get("PAPERLAB_TEST_HANG_S", "900"))
-
-
-@pytest.fixture(autouse=True)
-def _hang_guard():
-  with _sweep.hang_guard(HANG_S):
-    yield

@@ -274,6 +274,26 @@ def _column_normalize(r: jax.Array, eps: Any) -> jax.Array:
   return r / (jnp.linalg.norm(r, axis=-2, keepdims=True) + eps)
 
 
+def _cols_product(b: jax.Array, x: jax.Array) -> jax.Array:
+  """``B X`` for ``B`` of shape ``(L, m, n)`` and ``X`` of shape ``(L, n, r)``."""
+  return jnp.einsum("lmn,lnr->lmr", b, x)
+
+
+def _outer(p: jax.Array, x: jax.Array, transposed: bool) -> jax.Array:
+  """``P X^T`` (shape ``(L, p, q)``), or its transpose ``X P^T`` when ``transposed``."""
+  return jnp.einsum("lpr,lqr->lqp" if transposed else "lpr,lqr->lpq", p, x)
+
+
+def _rows_product(b: jax.Array, x: jax.Array) -> jax.Array:
+  """``B^T X`` for ``B`` of shape ``(L, m, n)`` and ``X`` of shape ``(L, m, r)``.
+
+  Computed as ``X^T B`` (shape ``(L, r, n)``, a GEMM at full rate) and then
+  transposed; the optimization barrier keeps XLA from folding the transpose
+  back into the product's layout, which brings back the slow GEMM.
+  """
+  return jnp.swapaxes(lax.optimization_barrier(jnp.einsum("lmr,lmn->lrn", x, b)), -1, -2)
+
+
 class DionStep(NamedTuple):
   """Result of `power_step` on oriented ``(L, p, q)`` matrices."""
   p: jax.Array  # (L, p, r) orthonormal columns (0 where B = 0)
@@ -302,22 +322,28 @@ def power_step(b: jax.Array, q: jax.Array, key: jax.Array, *, mu: Any = 0.95, ep
   layout = layout or _Layout(None, None)
   sync = (lambda x: lax.pmean(x, data_axis)) if data_axis else (lambda x: x)
   full = layout.stored if transposed else layout.full
-  bs = "lqp" if transposed else "lpq"  # subscripts of b as given
   basis = q
+  # Of the two products, the one over B's row axis (B^T Q when transposed, else
+  # B^T P) is taken as (x^T B)^T: XLA:CPU runs a GEMM whose result is
+  # (rows x r) with the contraction on the operand's row axis 5-10x below its
+  # normal rate, so that product is formed as (r x cols) and only the small
+  # result is transposed (see `_rows_product`).
+  mult_p = _rows_product if transposed else _cols_product
+  mult_q = _cols_product if transposed else _rows_product
   for i in range(power_iters):
-    p = sync(layout.tall(jnp.einsum(f"{bs},lqr->lpr", b, basis)))
+    p = sync(layout.tall(mult_p(b, basis)))
     p = orth.orthonormalize(p, qr_method, key=jax.random.fold_in(key, i), oversample=oversample,
                             small=layout.small, tall=layout.tall, sketch=layout.sketch)
-    basis = sync(layout.qside(jnp.einsum(f"{bs},lpr->lqr", b, p)))
+    basis = sync(layout.qside(mult_q(b, p)))
   if zero is None:  # per matrix: B = 0 (the caller may know it already)
     zero = jnp.all(b == 0, axis=(-2, -1))
   if data_axis:
     zero = lax.pmin(zero.astype(jnp.int32), data_axis).astype(bool)
   p = jnp.where(zero[:, None, None], 0.0, p)
   r = jnp.where(zero[:, None, None], q, basis)
-  new_m = full(b - (1.0 - mu) * jnp.einsum(f"lpr,lqr->{bs}", p, r))
+  new_m = full(b - (1.0 - mu) * _outer(p, r, transposed))
   new_q = layout.qside(_column_normalize(r, eps))
-  return DionStep(p, r, new_m, new_q, full(jnp.einsum(f"lpr,lqr->{bs}", p, new_q)))
+  return DionStep(p, r, new_m, new_q, full(_outer(p, new_q, transposed)))
 
 
 def _dion_leaf(plan: LeafPlan, layout: _Layout, grad: jax.Array, momentum: jax.Array,
@@ -337,23 +363,27 @@ def _dion_leaf(plan: LeafPlan, layout: _Layout, grad: jax.Array, momentum: jax.A
   if data_axis is not None and not compressed:
     g = lax.pmean(g, data_axis)
   m_old = flat(momentum.astype(cdt))
-  b = layout.stored(m_old + g)
-  # One reduction serves both checks: max|B| is NaN / inf iff B is not finite
-  # (max propagates NaN) and 0 iff B = 0.
-  peak = jnp.max(jnp.abs(b), axis=(-2, -1))
+  # One reduction serves both checks: max|M + G| is NaN / inf iff B = M + G is
+  # not finite (max propagates NaN) and 0 iff B = 0. It reads M and G without
+  # writing B, so that B can then overwrite the donated M in place.
+  peak = jnp.max(jnp.abs(m_old + g), axis=(-2, -1))
   finite = jnp.isfinite(peak) if grouped else jnp.all(jnp.isfinite(peak))
   if data_axis is not None and compressed:  # every replica must skip together
     finite = lax.pmin(finite.astype(jnp.int32), data_axis).astype(bool)
+  keep = finite[:, None, None] if grouped else finite
+  # A skipped matrix runs the step on B = M + (-0.0) = M exactly (finite) and
+  # keeps B as its momentum, so M is never read after B is formed. B and the
+  # new M are formed in the parameter's own shape: XLA then writes both over
+  # the donated M in place (through a reshape it took a fresh buffer for B).
+  keep_m = jnp.reshape(finite, finite.shape + (1,) * (momentum.ndim - finite.ndim))
+  b_param = momentum.astype(cdt) + jnp.where(keep_m, g.reshape(momentum.shape), -0.0)
+  b = layout.stored(flat(b_param))
   q_old = layout.qside(q.astype(cdt).reshape((-1,) + q.shape[-2:]))
   out = power_step(b, q_old, key, layout=layout, data_axis=data_axis if compressed else None,
                    transposed=plan.p_last, zero=peak == 0, **step_kw)
-  keep = finite[:, None, None] if grouped else finite
   update = layout.stored(jnp.where(keep, plan.scale * out.direction, 0.0))
-  # The select runs in the parameter's own shape, so that XLA writes the donated
-  # momentum in place (through a reshape it copied the whole matrix).
-  keep_m = jnp.reshape(finite, finite.shape + (1,) * (momentum.ndim - finite.ndim))
-  new_m = jnp.where(keep_m, layout.stored(out.momentum).reshape(momentum.shape),
-                    momentum.astype(cdt))
+  feedback = layout.stored(_outer(out.p, out.r, plan.p_last)).reshape(momentum.shape)
+  new_m = jnp.where(keep_m, b_param - (1.0 - step_kw["mu"]) * feedback, b_param)
   new_q = layout.qside(jnp.where(keep, out.q, q_old))
   return (update.reshape(grad.shape),
           new_m.astype(momentum.dtype),

@@ -333,6 +333,9 @@ def parse_sweep(config_cls: type, options: SweepOptions | None, sweeps: Sequence
     if key not in types:
       raise ConfigError(f"--sweep {spec!r}: unknown key {key!r}; this script sweeps "
                         f"{', '.join(options.numeric + options.static) or 'only seeds'}.")
+    if not options.numeric and not options.static:
+      raise ConfigError(f"--sweep {key}: this script sweeps only seeds (--seeds 0 1 2 or --seeds 0:8); "
+                        f"run it once per {key} value.")
     if key in numeric or key in static:
       raise ConfigError(f"--sweep {key} is given twice; list all its values in one flag.")
     values = [v.strip() for v in text.split(",") if v.strip()]
@@ -366,6 +369,29 @@ def parse_sweep(config_cls: type, options: SweepOptions | None, sweeps: Sequence
                       f"{ {k: len(v) for k, v in numeric.items()} }.")
   return SweepRequest(None if seeds is None else parse_seeds(seeds), tuple(numeric.items()),
                       tuple(static.items()), zipped)
+
+
+def expand_seed_ranges(argv: Sequence[str]) -> list[str]:
+  """``--seeds 0:3 7`` -> ``--seeds 0 1 2 7`` (for a config with a ``seeds`` field of its own).
+
+  Raises:
+    ConfigError: a bad range (see `parse_seeds`).
+  """
+  out, inside = [], False
+  for tok in argv:
+    if tok.startswith("--"):
+      inside = tok == "--seeds"
+      if tok.startswith("--seeds="):
+        out.append("--seeds")
+        tok, inside = tok.split("=", 1)[1], True
+      else:
+        out.append(tok)
+        continue
+    if inside and ":" in tok:
+      out += [str(s) for s in parse_seeds([tok])]
+    else:
+      out.append(tok)
+  return out
 
 
 def _castable(cast: Callable, v: str) -> bool:
@@ -462,6 +488,8 @@ def cli(config_cls: type[C], presets: Mapping[str, C], *, paper: str, descriptio
          if sweep else "") + "\n"
       + (distributed.FLAGS_HELP + "\n\n" if multiprocess else "")
       + "Presets (fields that differ from the defaults):\n" + _preset_lines(config_cls, presets))
+  if own_seeds:
+    rest = expand_seed_ranges(rest)
   cfg = _tyro_cli(config_cls, default=presets[known.preset], args=rest, description=header,
                   prog=pathlib.Path(sys.argv[0]).name if argv is None else None)
   if known.data_dir:  # before validate(): a config may check that its dataset is prepared

@@ -64,16 +64,13 @@ Example (a user's own Optax chain, learning rate x seeds)::
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import faulthandler
 import itertools
 import logging
 import math
 import os
 import pathlib
 import re
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -458,25 +455,6 @@ def wait(tree: Any, what: str = "sweep program", *, stall_s: float | None = None
   return tree
 
 
-@contextlib.contextmanager
-def hang_guard(seconds: float):
-  """Within the block, a process still running after ``seconds`` dumps every thread's
-  traceback to stderr and exits (code 1) instead of waiting forever.
-
-  For tests and batch jobs that run sweeps (the test suite applies it to every
-  test, env ``PAPERLAB_TEST_HANG_S``): a hung test fails with the stacks of
-  its threads rather than stalling the whole run. One guard per process at a
-  time (`faulthandler.dump_traceback_later`); the previous one is cancelled.
-  """
-  if not seconds > 0:
-    raise ValueError(f"hang_guard needs seconds > 0, got {seconds!r}.")
-  faulthandler.dump_traceback_later(seconds, exit=True, file=sys.__stderr__)
-  try:
-    yield
-  finally:
-    faulthandler.cancel_dump_traceback_later()
-
-
 def _padded(arrays: Mapping[str, np.ndarray], size: int) -> dict[str, np.ndarray]:
   """Pads every member array to ``size`` by repeating the last member (dropped on the host)."""
   return {k: np.concatenate([v, np.repeat(v[-1:], size - len(v))]) for k, v in arrays.items()}
@@ -544,6 +522,7 @@ class Sweep:
     self.sharding = NamedSharding(self.mesh, PartitionSpec(mesh_lib.SWEEP))
     self.hp = jax.device_put(_padded(grid.arrays(), self.padded), self.sharding)
     self._run_jit: dict[int, Callable] = {}
+    self._apply_jit: dict[tuple[Callable, bool], Callable] = {}
     self._init_jit = None
 
   # -- per-member programs, chunked and sharded
@@ -598,9 +577,21 @@ class Sweep:
     out = self._run_jit[n](stacked, self.hp, jnp.int32(start), self.data if data is None else data)
     return wait(out, f"Sweep.run(steps {start}..{start + n - 1})")
 
-  def apply(self, fn: Callable[[Any, Mapping[str, jax.Array]], Any], stacked: Any) -> Any:
-    """``fn(state, hp)`` of every member (e.g. an evaluation), chunked and sharded."""
-    return wait(jax.jit(self._map(lambda s, h: fn(s[STATE], h), 2))(stacked, self.hp), "Sweep.apply")
+  def apply(self, fn: Callable[..., Any], stacked: Any, data: Any = None) -> Any:
+    """``fn(state, hp)`` of every member (e.g. an evaluation), chunked and sharded.
+
+    With ``data`` (arrays every member reads, e.g. a test set), ``fn(state, hp,
+    data)``: passed as an argument, not a compile-time constant. Compiled once
+    per ``fn``.
+    """
+    key = (fn, data is None)
+    if key not in self._apply_jit:
+      if data is None:
+        self._apply_jit[key] = jax.jit(self._map(lambda s, h: fn(s[STATE], h), 2))
+      else:
+        self._apply_jit[key] = jax.jit(self._map(lambda s, h, d: fn(s[STATE], h, d), 2))
+    out = self._apply_jit[key](stacked, self.hp, *(() if data is None else (data,)))
+    return wait(out, "Sweep.apply")
 
   # -- host side
 
@@ -618,7 +609,7 @@ class Sweep:
             checkpoint_every: int | None = None, eval_fn: Callable | None = None,
             eval_every: int | None = None, desc: str = "sweep", progress=None,
             progress_weight: float = 1.0, base_config: Mapping[str, Any] | None = None,
-            data_fn: Callable[[int, int], Any] | None = None):
+            data_fn: Callable[[int, int], Any] | None = None, eval_data: Any = None):
     """Trains every member through `paperlab.loop.train` (checkpoints, resume, NaN guard).
 
     Metrics records hold each member's value as ``name/<id>`` and the mean
@@ -629,7 +620,8 @@ class Sweep:
     metric with ``freeze=False``. ``eval_fn(state, hp)``
     gives one member's evaluation metrics; ``data_fn(step, n)``, when given,
     makes each chunk's ``data`` on the host (batches as a function of the
-    step keep resumed runs exact).
+    step keep resumed runs exact). With ``eval_data``, ``eval_fn(state, hp,
+    eval_data)`` (see `apply`).
 
     Returns:
       ``(stacked state, per-member final metrics {name: [members]}, history)``.
@@ -672,7 +664,7 @@ class Sweep:
 
     def eval_wrapped(stacked, step):
       del step
-      return record(stacked, self.apply(eval_fn, stacked))
+      return record(stacked, self.apply(eval_fn, stacked, eval_data))
 
     state, history = loop.train(
         self.init(), step_fn=step_fn, num_steps=num_steps, workdir=workdir, log_every=log_every,

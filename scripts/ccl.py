@@ -13,6 +13,15 @@ for the autoencoder a grid of reconstructions.
     python scripts/ccl.py --preset paper                   # 100 epochs, 3 seeds
     python scripts/ccl.py --preset ae                      # conv autoencoder, Fashion-MNIST
     python scripts/ccl.py --preset paper_cifar10_cnn       # needs a prepared TFDS cifar10
+    python scripts/ccl.py --preset quick --sweep lr=0.5,1  # 3 seeds x 2 learning rates per method
+
+The seeds (``--seeds``) and the values of ``--sweep KEY=V1,V2`` (the numeric
+fields in `SWEEP_KEYS`) are the members of one `paperlab.sweep` program per
+method (learning rate, momentum and weight decay injected into the optimizer,
+loss weights per member); member ``(seed s, lr v)`` is the run ``--seeds s
+--lr v``. Conv models on CPU train their members one after the other instead
+(conv backward inside `jax.lax.scan` is ~25x slower on XLA:CPU; see
+`ccl_jax.train.make_step_fn`).
 """
 
 from __future__ import annotations
@@ -27,9 +36,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jax.sharding import NamedSharding, PartitionSpec
+
 from ccl_jax import diagnostics, losses, train
 from ccl_jax.models import CCLAutoencoder, CCLCNN, CCLMLP
-from paperlab import config, data, loop, metrics, plots, stats
+from paperlab import config, data, loop, metrics, plots, stats, sweep
 
 
 Model = Literal["mlp", "cnn", "cnn_pool", "ae"]
@@ -182,21 +193,31 @@ def steps_per_epoch(cfg: Config, ds: Data) -> int:
   return min(full, cfg.batches_per_epoch or full)
 
 
-def make_trainer(cfg: Config, ds: Data, method: str, seed: int):
-  steps = steps_per_epoch(cfg, ds)
-  lr = cfg.bp_lr if (method == "bp" and cfg.bp_lr is not None) else cfg.lr
+def _learning_rate(cfg: Config, method: str) -> float:
+  return cfg.bp_lr if (method == "bp" and cfg.bp_lr is not None) else cfg.lr
+
+
+def make_optimizer(cfg: Config, ds: Data, learning_rate, momentum, weight_decay):
+  """The two-group SGD of `ccl_jax.train` (numbers or injected hyperparameters)."""
   opt = train.OptimConfig(
-      learning_rate=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+      learning_rate=learning_rate, momentum=momentum, weight_decay=weight_decay,
       clip_norm=cfg.clip, cosine_epochs=cfg.epochs if cfg.cosine else 0,
-      eta_min=min(cfg.eta_min, lr), warmup_steps=cfg.warmup_steps,
-      grad_centralization=cfg.grad_centralization, steps_per_epoch=steps)
+      eta_min=jnp.minimum(cfg.eta_min, learning_rate), warmup_steps=cfg.warmup_steps,
+      grad_centralization=cfg.grad_centralization, steps_per_epoch=steps_per_epoch(cfg, ds))
+  return train.make_optimizer(opt)
+
+
+def loss_config(cfg: Config, **scales) -> losses.LossConfig:
   kind = {"mlp": "mlp", "ae": "ae"}.get(cfg.model, "cnn")
-  loss_cfg = losses.LossConfig(kind=kind, scale_c=cfg.scale_c, scale_ssl=cfg.scale_ssl,
-                               filter_target=cfg.filter_target, scale_h=cfg.scale_h)
+  values = {k: getattr(cfg, k) for k in ("scale_c", "scale_ssl", "scale_h")}
+  return losses.LossConfig(kind=kind, filter_target=cfg.filter_target, **{**values, **scales})
+
+
+def make_trainer(cfg: Config, ds: Data, method: str, seed: int):
+  lr = _learning_rate(cfg, method)
   return train.Trainer.create(
-      build_model(cfg, ds, seed), train.make_optimizer(opt),
-      losses.ccl_loss if method == "ccl" else losses.bp_loss, loss_cfg,
-      cfg.warmup_steps)
+      build_model(cfg, ds, seed), make_optimizer(cfg, ds, lr, cfg.momentum, cfg.weight_decay),
+      losses.ccl_loss if method == "ccl" else losses.bp_loss, loss_config(cfg), cfg.warmup_steps)
 
 
 def run_one(cfg: Config, ds: Data, method: str, seed: int, workdir,
@@ -249,6 +270,153 @@ def run_one(cfg: Config, ds: Data, method: str, seed: int, workdir,
 
 _NOT_RESULTS = ("params", "trainer", "history", "train_seconds")  # timing goes to its own block
 
+# Numeric fields --sweep varies per member; bp_lr is BP's learning rate only, lr CCL's (and BP's
+# while bp_lr is None).
+SWEEP_KEYS = ("lr", "bp_lr", "momentum", "weight_decay", "scale_c", "scale_ssl", "scale_h")
+_OPT_KEYS = ("momentum", "weight_decay")
+_LOSS_KEYS = ("scale_c", "scale_ssl", "scale_h")
+EVAL_BATCH = 1000
+
+
+def method_keys(cfg: Config, method: str, request) -> dict[str, tuple[float, ...]]:
+  """The swept values that apply to ``method``."""
+  values = dict(request.numeric) if request else {}
+  bp_own = "bp_lr" in values or cfg.bp_lr is not None
+  drop = {"bp_lr"} if method == "ccl" else ({"lr"} if bp_own else {"bp_lr"})
+  return {k: v for k, v in values.items() if k not in drop}
+
+
+def method_grid(cfg: Config, method: str, request) -> sweep.Grid:
+  values = method_keys(cfg, method, request)
+  if request is not None and request.zipped:
+    return sweep.Grid.zipped(cfg.seeds, **values)
+  return sweep.Grid.product(cfg.seeds, **values)
+
+
+def member_config(cfg: Config, member: sweep.Member) -> Config:
+  """The single-run config of a sweep member (its seed and swept values)."""
+  values = {k: float(v) for k, v in member.values.items()}
+  return dataclasses.replace(cfg, seeds=(member.seed,), **values)
+
+
+def use_engine(cfg: Config) -> bool:
+  """Members as one vmapped program, except conv models on CPU (scan-slow conv backward)."""
+  return cfg.model == "mlp" or jax.default_backend() != "cpu"
+
+
+def _eval_split(images: np.ndarray, labels: np.ndarray):
+  """``(full batches [k, EVAL_BATCH, ...], the remainder)`` of a dataset (either may be empty)."""
+  full = len(labels) // EVAL_BATCH * EVAL_BATCH
+  batches = (images[:full].reshape((-1, EVAL_BATCH) + images.shape[1:]),
+             labels[:full].reshape(-1, EVAL_BATCH))
+  return batches, (images[full:], labels[full:])
+
+
+def _sum_eval(eval_batch, params, split) -> dict[str, jax.Array]:
+  """Sums of ``eval_batch`` over a `_eval_split` (the member's mean metrics follow)."""
+  (xs, ys), (xr, yr) = split
+  out = None
+  if ys.shape[0]:
+    sums = jax.lax.map(lambda b: eval_batch(params, *b), (xs, ys))
+    out = {k: jnp.sum(v) for k, v in sums.items()}
+  if yr.shape[0]:
+    rest = eval_batch(params, xr, yr)
+    out = rest if out is None else {k: out[k] + rest[k] for k in out}
+  n = ys.size + yr.shape[0]
+  return {k: v / n for k, v in out.items()}
+
+
+def run_members(cfg: Config, ds: Data, method: str, grid: sweep.Grid, workdir,
+                progress: metrics.RunProgress | None = None) -> tuple[list[dict], dict[str, int]]:
+  """Every member of ``grid`` for ``method``: one `paperlab.sweep.Sweep` (or one run each).
+
+  Returns each member's `run_one`-style result (plus its ``member`` id and
+  ``values``) and the frozen (non-finite) members ``{id: step}``.
+  """
+  members = grid.members()
+  if not use_engine(cfg):
+    out = []
+    for m in members:
+      r = run_one(member_config(cfg, m), ds, method, m.seed, pathlib.Path(workdir) / m.id, progress)
+      out.append({**r, "member": m.id, "values": dict(m.values)})
+    return out, {}
+  steps = steps_per_epoch(cfg, ds)
+  lr_key = "bp_lr" if method == "bp" and ("bp_lr" in grid.keys or cfg.bp_lr is not None) else "lr"
+  defaults = {"learning_rate": _learning_rate(cfg, method), **{k: getattr(cfg, k) for k in _OPT_KEYS}}
+  tx = sweep.injectable(lambda learning_rate, momentum, weight_decay: make_optimizer(
+      cfg, ds, learning_rate, momentum, weight_decay), **defaults)
+  template = nnx.eval_shape(lambda: build_model(cfg, ds, 0))
+  graphdef, _ = nnx.split(template)
+  base = train.Trainer(graphdef, tx, losses.ccl_loss if method == "ccl" else losses.bp_loss,
+                       loss_config(cfg), cfg.warmup_steps)
+  seeds = np.asarray(grid.seeds, np.int32)  # one batch order per distinct seed
+
+  def trainer_of(hp) -> train.Trainer:
+    return base._replace(loss_cfg=loss_config(cfg, **{k: hp[k] for k in _LOSS_KEYS if k in hp}))
+
+  def init_fn(key, hp):
+    params = nnx.to_pure_dict(nnx.state(build_model(cfg, ds, key)))
+    values = {"learning_rate": hp.get(lr_key, defaults["learning_rate"]),
+              **{k: hp.get(k, defaults[k]) for k in _OPT_KEYS}}
+    return {"params": params, "opt_state": sweep.set_hyperparams(tx.init(params), **values)}
+
+  def step_fn(state, hp, t, chunk):
+    x, y, idx, t0 = chunk
+    ix = idx[jnp.argmax(seeds == hp["seed"]), t - t0]
+    return trainer_of(hp).train_step(state, x[ix], y[ix], t)
+
+  n_layers = len(template.layers)
+
+  def eval_fn(state, hp, d):
+    params, trainer = state["params"], trainer_of(hp)
+    out = {f"test_{k}": v for k, v in _sum_eval(trainer.eval_batch, params, d["test"]).items()}
+    if "val" in d:
+      out.update({f"val_{k}": v for k, v in _sum_eval(trainer.eval_batch, params, d["val"]).items()})
+    if method == "ccl":
+      model = trainer.model(params)
+      cos = diagnostics.weight_alignment(model)
+      out.update({f"cos_{l}": cos[l] for l in range(n_layers)})
+      if cfg.model != "ae":
+        cka = diagnostics.pair_cka(model, *d["diag"])
+        out.update({f"cka_{l}": cka[l] for l in range(cka.shape[0])})
+    return out
+
+  engine = sweep.Sweep(grid, init_fn, step_fn)
+  put = lambda tree: jax.device_put(tree, NamedSharding(engine.mesh, PartitionSpec()))  # noqa: E731
+  x_dev, y_dev = put((ds.x_train, ds.y_train.astype(np.int32)))
+  eval_data = {"test": _eval_split(ds.x_test, ds.y_test.astype(np.int32)),
+               "diag": (ds.x_test[:cfg.diag_examples], ds.y_test[:cfg.diag_examples].astype(np.int32))}
+  if len(ds.y_val):
+    eval_data["val"] = _eval_split(ds.x_val, ds.y_val.astype(np.int32))
+  eval_data = put(eval_data)
+
+  def data_fn(step, n):
+    idx = np.stack([train.epoch_batch_indices(len(ds.y_train), cfg.batch_size, int(s), step, n,
+                                              cfg.batches_per_epoch) for s in seeds])
+    return x_dev, y_dev, idx.astype(np.int32), np.int32(step)
+
+  initial = jax.device_get(engine.apply(eval_fn, engine.init(), eval_data))  # the same on resume
+  state, _, history = engine.train(
+      workdir, num_steps=cfg.epochs * steps, log_every=steps, checkpoint_every=steps * cfg.checkpoint_epochs,
+      eval_fn=eval_fn, eval_every=steps, eval_data=eval_data, data_fn=data_fn,
+      desc=f"{method} ({len(grid)} members)", progress=progress, base_config=config.to_dict(cfg))
+  seconds = sum(r.get("chunk_s", 0.0) for r in history)
+  metric = "test_" + _metric(cfg)
+  score = "val_" + ("mse" if cfg.model == "ae" else "ce")
+  out = []
+  for m in members:
+    suffix = "/" + m.id
+    epochs = [{"step": r["step"], **{k[:-len(suffix)]: v for k, v in r.items() if k.endswith(suffix)}}
+              for r in history if metric + suffix in r]
+    first = {"step": 0, **{k: float(v[m.index]) for k, v in initial.items()}}
+    chosen = min(epochs, key=lambda r: r[score]) if score in epochs[-1] else epochs[-1]
+    out.append({"seed": m.seed, "member": m.id, "values": dict(m.values), "final": epochs[-1][metric],
+                "selected": chosen[metric], "selected_epoch": chosen["step"] // steps,
+                "train_seconds": seconds / len(members), "history": [first] + epochs,
+                "params": jax.tree.map(lambda x, i=m.index: x[i], state["state"]["params"]),
+                "trainer": base})
+  return out, engine.failures(state)
+
 
 def _metric(cfg: Config) -> str:
   return "mse" if cfg.model == "ae" else "acc"
@@ -265,7 +433,8 @@ def write_plots(cfg: Config, ds: Data, runs: dict, run) -> list[str]:
   for method, rs in runs.items():
     for r in rs:
       x = [h["step"] for h in r["history"]]
-      curves[f"{method.upper()} seed {r['seed']}"] = (x, [h["test_" + metric] for h in r["history"]])
+      where = "".join(f" {k}={v:g}" for k, v in r.get("values", {}).items())
+      curves[f"{method.upper()}{where} seed {r['seed']}"] = (x, [h["test_" + metric] for h in r["history"]])
   paths = [plots.line_plot(curves, run.path("curves.png"), xlabel="training step (batches)", ylabel=label,
                            title=plots.run_title(run, f"CCL vs BP, {cfg.model} on {ds.name}"))]
   if "ccl" in runs:
@@ -292,26 +461,44 @@ def write_plots(cfg: Config, ds: Data, runs: dict, run) -> list[str]:
 
 
 def main(argv=None) -> dict:
-  cfg, run = config.cli(Config, PRESETS, paper="ccl", description=__doc__, argv=argv)
+  cfg, run = config.cli(Config, PRESETS, paper="ccl", description=__doc__, argv=argv,
+                        sweep=config.SweepOptions(numeric=SWEEP_KEYS))
   ds = load_data(cfg)
   metric = _metric(cfg)
-  total = len(cfg.methods) * len(cfg.seeds) * cfg.epochs * steps_per_epoch(cfg, ds)
+  grids = {m: method_grid(cfg, m, run.sweep) for m in cfg.methods}
+  runs_per_method = {m: 1 if use_engine(cfg) else len(g) for m, g in grids.items()}  # one sweep: one run
+  total = sum(runs_per_method.values()) * cfg.epochs * steps_per_epoch(cfg, ds)
   with metrics.RunProgress(total, desc="ccl") as progress:
-    runs = {m: [run_one(cfg, ds, m, s, run.path(f"{m}_seed{s}"), progress) for s in cfg.seeds]
-            for m in cfg.methods}
+    outcomes = {m: run_members(cfg, ds, m, g, run.path(m), progress) for m, g in grids.items()}
+  failed = {m: f for m, (_, f) in outcomes.items()}
+  every = {m: rs for m, (rs, _) in outcomes.items()}
+  reports = {m: sweep.report(grids[m].members(), grids[m].keys, run.workdir,
+                             {"final": [r["final"] for r in rs], "selected": [r["selected"] for r in rs]},
+                             failed=failed[m]) for m, rs in every.items()}
+  # Per method: the point with the best val-selected test metric (the only one without --sweep).
+  better = min if metric == "mse" else max
+  best = {m: better([p for p in rep["points"] if p["selected"]["n"]] or rep["points"],
+                    key=lambda p: p["selected"]["mean"]) for m, rep in reports.items()}
+  runs = {m: [r for r in rs if r["values"] == best[m]["point"] and r["member"] not in failed[m]]
+          for m, rs in every.items()}
+  if not all(runs.values()):
+    raise metrics.NonFiniteError(f"every member of {[m for m, rs in runs.items() if not rs]} became non-finite.")
   summary = {}
   for method, rs in runs.items():
     final_mean, final_std = _mean_std([r["final"] for r in rs])
     sel_mean, sel_std = _mean_std([r["selected"] for r in rs])
     summary[method] = {f"test_{metric}_final": final_mean, f"test_{metric}_final_std": final_std,
                        f"test_{metric}_selected": sel_mean, f"test_{metric}_selected_std": sel_std}
+    if grids[method].keys:
+      summary[method]["point"] = best[method]["point"]
   results = {
       "dataset": ds.name, "data_source": ds.source, "model": cfg.model,
       "epochs": cfg.epochs, "seeds": list(cfg.seeds), "train_examples": len(ds.y_train),
       "val_examples": len(ds.y_val), "test_examples": len(ds.y_test),
       "summary": summary,
       "runs": {m: [{k: v for k, v in r.items() if k not in _NOT_RESULTS} for r in rs]
-               for m, rs in runs.items()},
+               for m, rs in every.items()},
+      "sweep": {m: {k: rep[k] for k in ("points", "members", "table")} for m, rep in reports.items()},
       **{f"{when}_diagnostics": ({k: v for k, v in runs["ccl"][0]["history"][i].items()
                                   if k.startswith(("cos_", "cka_"))} if "ccl" in runs else {})
          for when, i in (("initial", 0), ("final", -1))},
@@ -327,12 +514,13 @@ def main(argv=None) -> dict:
     selected = stats.summarize([r["selected"] for r in rs])
     final = stats.summarize([r["final"] for r in rs])
     summary[method][f"test_{metric}_selected_ci95"] = [selected["ci95_low"], selected["ci95_high"]]
-    headline.append({"metric": f"{method.upper()} test {metric} (val-selected), {what}",
+    where = "".join(f", {k}={v:g}" for k, v in best[method]["point"].items())
+    headline.append({"metric": f"{method.upper()} test {metric} (val-selected), {what}{where}",
                      "value": stats.spread(selected, 4),
                      "note": f"{cfg.epochs} epochs; 95% CI [{selected['ci95_low']:.4f}, "
                              f"{selected['ci95_high']:.4f}]; last epoch {stats.spread(final, 4)}"})
   results["plots"] = write_plots(cfg, ds, runs, run)
-  timing = {"train_seconds": {m: [r["train_seconds"] for r in rs] for m, rs in runs.items()}}
+  timing = {"train_seconds": {m: [r["train_seconds"] for r in rs] for m, rs in every.items()}}
   run.write_results(results, headline, timing=timing)
   return results
 

@@ -110,6 +110,7 @@ class Config:
   fmnist_eval_every: int = 500
   fmnist_classifier_steps: int = 1500  # Adam steps (batch 256) of the scoring classifier
   fmnist_samples: int = 5000  # generated images scored per optimizer
+  fmnist_seeds: int = 3  # GAN seeds per optimizer (seed, seed + 1, ...), vmapped; paired across optimizers
   parts: tuple[str, ...] = ("bilinear", "sweep", "gan")  # experiments to run (of PARTS)
   seed: int = 0
 
@@ -118,7 +119,8 @@ class Config:
     req(len(self.parts) > 0 and set(self.parts) <= set(PARTS),
         f"parts must be a non-empty subset of {PARTS}, got {self.parts}.")
     req(min(self.fmnist_steps, self.fmnist_batch, self.fmnist_hidden, self.fmnist_z_dim,
-            self.fmnist_eval_every, self.fmnist_classifier_steps, self.fmnist_samples) >= 1,
+            self.fmnist_eval_every, self.fmnist_classifier_steps, self.fmnist_samples,
+            self.fmnist_seeds) >= 1,
         "fmnist_* sizes and step counts must be >= 1.")
     req(self.fmnist_lr > 0, f"fmnist_lr must be > 0, got {self.fmnist_lr}.")
     req(self.alpha > 0, f"alpha must be > 0, got {self.alpha}.")
@@ -171,22 +173,28 @@ PRESETS = {
 # ------------------------------------------------------------------- (a) bilinear
 
 
-def _rho_of(mode: str):
-  """``hp -> spectral radius`` on the bilinear game, ``hp`` holding alpha, magnitude and angle."""
+def _iteration_matrix_of(mode: str):
+  """``hp -> iteration matrix`` on the bilinear game, ``hp`` holding alpha, magnitude and angle."""
   game = games.bilinear_game(1.0)
   zero = jnp.zeros(())
 
-  def rho(hp):
+  def matrix(hp):
     tx = complex_momentum(hp["alpha"], hp["magnitude"], hp["angle"])
     state = games.init_play(game, tx, (zero, zero))
-    return games.spectral_radius(games.make_step(game, tx, mode), state)
+    return games.iteration_matrix(games.make_step(game, tx, mode), state)
 
-  return rho
+  return matrix
 
 
 def spectral_radii(mode: str, grid: sweep.Grid) -> np.ndarray:
-  """Spectral radius of every point of a (alpha, |beta|, arg beta) grid: one sharded sweep call."""
-  return np.asarray(sweep.evaluate(_rho_of(mode), grid))
+  """Spectral radius of every point of a (alpha, |beta|, arg beta) grid.
+
+  The iteration matrices come from one sharded sweep call; their eigenvalues are
+  taken on the host (NumPy): a batched LAPACK eig inside concurrent XLA:CPU
+  device programs can deadlock their shared thread pool.
+  """
+  mats = np.asarray(sweep.evaluate(_iteration_matrix_of(mode), grid), np.float64)
+  return np.abs(np.linalg.eigvals(mats)).max(axis=-1)
 
 
 def spectral_table() -> list[dict]:
@@ -282,14 +290,18 @@ def adversarial_sweep(cfg: Config, run) -> dict:
     stays = jnp.flip(jnp.cumprod(jnp.flip(below)))
     steps = jnp.where(stays[-1] > 0, cfg.sweep_steps + 1 - jnp.sum(stays), cfg.sweep_steps + 1)
     zero = jax.tree.map(jnp.zeros_like, w0)
-    return steps, games.spectral_radius(step, games.init_play(game, tx, zero))
+    return steps, games.iteration_matrix(step, games.init_play(game, tx, zero))
 
   betas = [beta for cls in SWEEP_CLASSES.values() for beta in cls]
   # Members: gamma (outer) x step size x beta (zipped |beta|, arg beta), one sharded sweep call.
   grid = sweep.Grid.product(gamma=gammas, lr=cfg.sweep_lrs) * sweep.Grid.zipped(
       magnitude=[m for m, _ in betas], angle=[t for _, t in betas])
   shape = (len(gammas), len(cfg.sweep_lrs), len(betas))
-  steps, rhos = (np.asarray(x).reshape(shape) for x in sweep.evaluate(steps_and_rho, grid))
+  steps, mats = sweep.evaluate(steps_and_rho, grid)
+  steps = np.asarray(steps).reshape(shape)
+  # Eigenvalues on the host: a batched LAPACK eig inside concurrent XLA:CPU device
+  # programs can deadlock their shared thread pool (see `spectral_radii`).
+  rhos = np.abs(np.linalg.eigvals(np.asarray(mats, np.float64))).max(axis=-1).reshape(shape)
   cap = cfg.sweep_steps + 1
   out = {"gammas": gammas.round(4).tolist(), "steps": {}, "best": {}, "converged_count": {},
          "best_rho": {}}
@@ -382,11 +394,16 @@ def _fmnist_part(cfg: Config, run, results: dict, headline: list, progress, fmni
   from complex_momentum_fmnist import fmnist_experiment  # pylint: disable=g-import-not-at-top
   fm = results["fmnist"] = fmnist_experiment(cfg, run, FMNIST_METHODS, progress=progress,
                                              arrays=fmnist_data)
+  first = next(iter(fm["methods"]))
   for name, r in fm["methods"].items():
+    is_, fd = r["IS_over_seeds"], r["FD_over_seeds"]
+    paired = ("" if name == first else f"; minus {first}, paired: IS {stats.spread(r[f'IS_minus_{first}'], 3, ci=True)}, "
+              f"FD {stats.spread(r[f'FD_minus_{first}'], 3, ci=True)}")
     headline.append({"metric": f"Fashion-MNIST GAN classifier-IS / FD, {name}",
-                     "value": f"{r['IS']:.3f} / {r['FD']:.2f}",
-                     "note": f"{cfg.fmnist_steps} steps; own classifier (test acc "
-                             f"{fm['classifier_accuracy']:.3f}), not Inception"})
+                     "value": f"{is_['mean']:.3f} +- {is_['std']:.3f} / {fd['mean']:.2f} +- {fd['std']:.2f} "
+                              f"(n={is_['n']})",
+                     "note": f"{cfg.fmnist_steps} steps, seeds {fm['seeds']}; own classifier (test acc "
+                             f"{fm['classifier_accuracy']:.3f}), not Inception{paired}"})
 
 
 def _units(cfg: Config, part: str) -> int:

@@ -82,34 +82,44 @@ _UNITS = {"IS": "exp of a mean KL, 1 to 10, higher is better",
 
 
 class FmnistGan:
-  """Stacked state of one GAN per optimizer and its jitted n-step function."""
+  """Stacked state of one GAN per (optimizer, seed) member and its jitted n-step function.
+
+  Member ``j`` is optimizer ``j // len(seeds)`` with seed ``seeds[j % len(seeds)]``;
+  the seed sets the initial G and D and the noise stream, and is shared by every
+  optimizer (paired seeds). The real-image batches are the same for all members.
+  """
 
   def __init__(self, x_train: np.ndarray, *, z_dim: int, hidden: int, batch_size: int,
                lr: float, b2: float, magnitudes: Sequence[float], angles: Sequence[float],
-               seed: int):
+               seed: int | Sequence[int]):
     self.x = jnp.asarray(x_train)
     self.z_dim, self.hidden, self.batch_size = z_dim, hidden, batch_size
-    self.lr, self.b2, self.seed = lr, b2, seed
-    self.magnitude = jnp.asarray(magnitudes, jnp.float32)
-    self.angle = jnp.asarray(angles, jnp.float32)
+    self.lr, self.b2 = lr, b2
+    self.seeds = (seed,) if isinstance(seed, int) else tuple(seed)
+    k = len(self.seeds)
+    self.magnitude = jnp.repeat(jnp.asarray(magnitudes, jnp.float32), k)
+    self.angle = jnp.repeat(jnp.asarray(angles, jnp.float32), k)
+    self.seed = jnp.tile(jnp.asarray(self.seeds, jnp.int32), len(magnitudes))
 
   def _txs(self, magnitude, angle):
     tx = complex_adam(self.lr, magnitude, angle, self.b2)
     return tx, tx
 
   def init(self):
-    k_gen, k_disc = jax.random.split(jax.random.key(self.seed))
     h = self.hidden
-    players = (mlp_init(k_gen, [self.z_dim, h, h, 784]), mlp_init(k_disc, [784, h, h, 1]))
-    one = lambda m, a: games.init_play(GAME, self._txs(m, a), players)
-    return jax.vmap(one)(self.magnitude, self.angle)
+
+    def one(m, a, seed):
+      k_gen, k_disc = jax.random.split(jax.random.key(seed))
+      players = (mlp_init(k_gen, [self.z_dim, h, h, 784]), mlp_init(k_disc, [784, h, h, 1]))
+      return games.init_play(GAME, self._txs(m, a), players)
+    return jax.vmap(one)(self.magnitude, self.angle, self.seed)
 
   def steps(self, state, idx, start):
     """Runs ``len(idx)`` steps; ``idx[t]`` are the real-image indices of step ``start + t``."""
-    z_key = jax.random.fold_in(jax.random.key(self.seed), 1)
 
-    def run_one(state, magnitude, angle):
+    def run_one(state, magnitude, angle, seed):
       step = games.make_step(GAME, self._txs(magnitude, angle), "alternating", order=(1, 0))
+      z_key = jax.random.fold_in(jax.random.key(seed), 1)
 
       def body(s, t_i):
         t, i = t_i
@@ -119,10 +129,10 @@ class FmnistGan:
       ts = start + jnp.arange(idx.shape[0])
       return jax.lax.scan(body, state, (ts, idx))[0]
 
-    return jax.vmap(run_one, (0, 0, 0))(state, self.magnitude, self.angle)
+    return jax.vmap(run_one)(state, self.magnitude, self.angle, self.seed)
 
   def samples(self, state, n: int):
-    """``[methods, n, 784]`` generated images in [-1, 1] (fixed noise)."""
+    """``[members, n, 784]`` generated images in [-1, 1] (fixed noise)."""
     z = jax.random.normal(jax.random.key(4321), (n, self.z_dim))
     return jax.vmap(lambda g: jnp.tanh(mlp(g, z)))(state.players[0])
 
@@ -179,9 +189,12 @@ def fmnist_experiment(cfg, run, methods: dict[str, tuple[float, float]], *, prog
   real = real_features(classifier, x_test[:cfg.fmnist_samples])
   reference = scores(classifier, x[:cfg.fmnist_samples], real)  # real train images vs test
   names = list(methods)
+  seeds = tuple(cfg.seed + k for k in range(getattr(cfg, "fmnist_seeds", 1)))
   gan = FmnistGan(x, z_dim=cfg.fmnist_z_dim, hidden=cfg.fmnist_hidden, batch_size=cfg.fmnist_batch,
                   lr=cfg.fmnist_lr, b2=cfg.gan_b2, magnitudes=[methods[n][0] for n in names],
-                  angles=[methods[n][1] for n in names], seed=cfg.seed)
+                  angles=[methods[n][1] for n in names], seed=seeds)
+  members = [(n, s) for n in names for s in seeds]  # the member order of FmnistGan
+  label = lambda n, s: n if len(seeds) == 1 else f"{n}/seed{s}"  # noqa: E731
   steps_jit = jax.jit(gan.steps)
   samples_jit = jax.jit(gan.samples, static_argnums=1)
 
@@ -191,12 +204,12 @@ def fmnist_experiment(cfg, run, methods: dict[str, tuple[float, float]], *, prog
 
   def evaluate(state):
     imgs = np.asarray(samples_jit(state, cfg.fmnist_samples))
-    return {n: scores(classifier, imgs[j], real) for j, n in enumerate(names)}, imgs
+    return {m: scores(classifier, imgs[j], real) for j, m in enumerate(members)}, imgs
 
   def eval_fn(state, step):
     del step
     res, _ = evaluate(state)
-    return {f"{k}/{n}": v for n, r in res.items() for k, v in r.items()}
+    return {f"{k}/{label(*m)}": v for m, r in res.items() for k, v in r.items()}
 
   state, history = loop.train(gan.init(), step_fn=step_fn, num_steps=cfg.fmnist_steps,
                               workdir=run.path("fmnist_gan"), log_every=cfg.fmnist_eval_every,
@@ -205,16 +218,38 @@ def fmnist_experiment(cfg, run, methods: dict[str, tuple[float, float]], *, prog
                               desc="Fashion-MNIST GAN", progress=progress)
   final, imgs = evaluate(state)
   for key in ("IS", "FD"):
-    series = {n: ([r["step"] for r in history if f"{key}/{n}" in r],
-                  [r[f"{key}/{n}"] for r in history if f"{key}/{n}" in r]) for n in names}
+    series = {}
+    for n in names:  # the mean over seeds of each optimizer
+      rows = [r for r in history if all(f"{key}/{label(n, s)}" in r for s in seeds)]
+      series[n] = ([r["step"] for r in rows], [float(np.mean([r[f"{key}/{label(n, s)}"] for s in seeds]))
+                                               for r in rows])
+    what = f"mean of {len(seeds)} seeds" if len(seeds) > 1 else "one seed"
     plots.line_plot(series, run.path(f"fmnist_{key.lower()}.png"), xlabel="training step (G and D updates)",
                     ylabel=f"classifier {key} ({_UNITS[key]})",
-                    title=plots.run_title(run, f"Fashion-MNIST GAN: {key} (own classifier)"),
+                    title=plots.run_title(run, f"Fashion-MNIST GAN: {key} (own classifier, {what})"),
                     hline=reference[key], hline_label=f"real images ({reference[key]:.2f})")
-  grid = (imgs[:, :16].reshape(-1, 28, 28) + 1.0) / 2.0
+  first = [j * len(seeds) for j in range(len(names))]  # each optimizer's first seed
+  grid = (imgs[first, :16].reshape(-1, 28, 28) + 1.0) / 2.0
   plots.image_grid(grid, run.path("fmnist_samples.png"), ncols=16,
                    row_labels=names,
-                   title=plots.run_title(run, "Fashion-MNIST GAN samples (one row per optimizer)"))
-  return {"classifier_accuracy": acc, "real_reference": reference,
-          "methods": {n: {"beta1": list(methods[n]), **final[n]} for n in names},
+                   title=plots.run_title(run, f"Fashion-MNIST GAN samples (one row per optimizer, seed {seeds[0]})"))
+  return {"classifier_accuracy": acc, "real_reference": reference, "seeds": list(seeds),
+          "methods": method_summaries(final, names, seeds, methods),
           "history": [{k: v for k, v in r.items() if k != "chunk_s"} for r in history]}  # no timing
+
+
+def method_summaries(final: dict, names: Sequence[str], seeds: Sequence[int], methods: dict) -> dict:
+  """Per optimizer: the first seed's IS / FD, per-seed values, mean +- std and the paired
+  difference to the first optimizer (same seed) over seeds (`paperlab.stats.summarize`)."""
+  from paperlab import stats  # pylint: disable=g-import-not-at-top
+  out = {}
+  for n in names:
+    r = {"beta1": list(methods[n]), **final[(n, seeds[0])]}
+    for key in ("IS", "FD"):
+      values = [final[(n, s)][key] for s in seeds]
+      r[f"{key}_per_seed"] = values
+      r[f"{key}_over_seeds"] = stats.summarize(values)
+      r[f"{key}_minus_{names[0]}"] = stats.summarize([final[(n, s)][key] - final[(names[0], s)][key]
+                                                      for s in seeds])
+    out[n] = r
+  return out

@@ -64,7 +64,7 @@ from flax import nnx  # noqa: E402
 from jax.sharding import NamedSharding  # noqa: E402
 from threadpoolctl import threadpool_limits  # noqa: E402
 
-from paperlab import config, distributed, lm, loop, metrics, plots, sweep  # noqa: E402
+from paperlab import config, distributed, lm, loop, metrics, plots, stats, sweep  # noqa: E402
 from paperlab import data as data_lib  # noqa: E402
 from paperlab import mesh as mesh_lib  # noqa: E402
 from optim import _dion as dion_lib  # noqa: E402
@@ -229,9 +229,31 @@ class Config:
 PRESETS = {
     "quick": Config(sweep_batch_sizes=(128,)),  # every arm; batch sweep 32 -> 128
     "cpu": Config(),  # every arm and the full batch sweep (~10 minutes on 2 cores)
+    # The paper's batch-size claim at CPU scale: equal tokens, >= 500 steps at the largest batch,
+    # three arms at batch 16 (2000 steps) and 64 (500 steps); run with the lr grids and seeds of
+    # BATCH_CLAIM_FLAGS (added when the command gives no --sweep / --seeds of its own).
+    "batch_claim": Config(d_model=32, layers=2, heads=4, seq_len=32, batch_size=16, steps=2000,
+                          arms=("adamw", "muon", "dion-1"), sweep_batch_sizes=(64,),
+                          sweep_arms=("adamw", "muon", "dion-1"), eval_windows=128, eval_every=500,
+                          log_every=25, timing_calls=3),
     "gpu": Config(d_model=384, layers=6, heads=6, seq_len=256, batch_size=64, steps=3000,
                   sweep_batch_sizes=(16, 256), eval_windows=512, eval_every=250, log_every=50),
 }
+
+
+# The batch_claim protocol: a 3-point lr grid per optimizer (factor 2 apart, each
+# arm sweeps only its own lr) x 3 seeds, tuned separately at every batch size.
+BATCH_CLAIM_FLAGS = ("--seeds", "0", "1", "2", "--sweep", "adamw_lr=0.002,0.004,0.008",
+                     "--sweep", "muon_lr=0.01,0.02,0.04", "--sweep", "dion_lr=0.01,0.02,0.04")
+CLAIM_FRACTIONS = (0.25, 0.5, 0.75, 1.0)  # of training (equal tokens at every batch size)
+
+
+def preset_argv(argv: list[str]) -> list[str]:
+  """``argv`` with `BATCH_CLAIM_FLAGS` appended for ``--preset batch_claim`` without sweep flags."""
+  claim = any(a == "--preset=batch_claim" for a in argv) or any(
+      a == "--preset" and b == "batch_claim" for a, b in zip(argv, argv[1:]))
+  own = any(a in ("--sweep", "--seeds") or a.startswith(("--sweep=", "--seeds=")) for a in argv)
+  return argv + list(BATCH_CLAIM_FLAGS) if claim and not own else argv
 
 
 def _schedule(base: float, steps: int, warmdown: float) -> optax.Schedule:
@@ -384,6 +406,8 @@ def _train_arm_sweep(cfg: Config, arm: str, batch: int, steps: int, data, run, p
   ids = [m.id for m in engine.members if m.values == best["point"] and m.id not in failed]
   curve = [(r["step"], float(np.mean([r[f"val_loss/{i}"] for i in ids]))) for r in history
            if "val_loss" in r]
+  seed_curves = {str(m.seed): [(r["step"], r[f"val_loss/{m.id}"]) for r in history if "val_loss" in r]
+                 for m in engine.members if m.id in ids}
   first = next(m.index for m in engine.members if m.id == ids[0])
   member_state = jax.tree.map(lambda x: x[first], state["state"])
   with progress.phase(f"optimizer timing {arm} b={batch}") if progress else contextlib.nullcontext():
@@ -392,6 +416,7 @@ def _train_arm_sweep(cfg: Config, arm: str, batch: int, steps: int, data, run, p
           "best_val_loss": min(v for _, v in curve), "curve": curve, "train_wall_s": wall,
           "optimizer_ms": optimizer_ms, "best_point": best["point"],
           "final_val_loss_std": best["val_loss"]["std"], "seeds": best["val_loss"]["n"],
+          "seed_curves": seed_curves,
           "sweep": {"points": report["points"], "members": report["members"], "table": report["table"]}}
 
 
@@ -462,7 +487,7 @@ def _sweep_steps(cfg: Config, batch: int) -> int:
 
 def main() -> None:
   cfg, run = config.cli(Config, PRESETS, paper="dion", description=__doc__, multiprocess=True,
-                        sweep=config.SweepOptions(numeric=tuple(SWEEP_KEYS), check=_check_sweep))
+                        argv=preset_argv(sys.argv[1:]), sweep=config.SweepOptions(numeric=tuple(SWEEP_KEYS), check=_check_sweep))
   threadpool_limits(1, user_api="blas")
   mesh = mesh_lib.make_mesh(cfg.mesh) if cfg.mesh else None
   data = _load(cfg)
@@ -476,6 +501,46 @@ def main() -> None:
       sweep += [_train_arm(cfg, arm, batch, _sweep_steps(cfg, batch), data, run, mesh, progress)
                 for arm in cfg.sweep_arms]
   _report(cfg, run, main_runs, sweep)
+
+
+def _at(curve, step: int) -> tuple[int, float]:
+  """The ``(step, value)`` of ``[(step, value)]`` at the evaluation closest to ``step``."""
+  return tuple(min(curve, key=lambda sv: abs(sv[0] - step)))
+
+
+def claim_rows(sweep_runs: list[dict], fractions=CLAIM_FRACTIONS) -> list[dict]:
+  """Per batch size and fraction of training: AdamW - Muon, AdamW - Dion r=1 and Dion / Muon.
+
+  Each arm is at its own best lr for that batch; the differences are paired by
+  seed (the same seed gives every arm the same initialisation and batches) and
+  summarised over seeds (`paperlab.stats.summarize`). Needs the seed curves of
+  a sweep run; rows are missing for batch sizes without all three arms.
+  """
+  by = {(r["arm"], r["batch_size"]): r for r in sweep_runs if "seed_curves" in r}
+  rows = []
+  for batch in sorted({b for _, b in by}):
+    if not all((a, batch) in by for a in ("adamw", "muon", "dion-1")):
+      continue
+    adamw, muon, dion = (by[(a, batch)] for a in ("adamw", "muon", "dion-1"))
+    seeds = sorted(set(adamw["seed_curves"]) & set(muon["seed_curves"]) & set(dion["seed_curves"]), key=int)
+    for f in fractions:
+      step = _at(adamw["seed_curves"][seeds[0]], int(round(f * adamw["steps"])))[0]
+      at = lambda r, s: _at(r["seed_curves"][s], step)[1]  # noqa: E731
+      rows.append({"batch_size": batch, "fraction": f, "step": step, "tokens": step * batch,
+                   "adamw_minus_muon": stats.summarize([at(adamw, s) - at(muon, s) for s in seeds]),
+                   "adamw_minus_dion": stats.summarize([at(adamw, s) - at(dion, s) for s in seeds]),
+                   "dion_over_muon": stats.summarize([at(dion, s) / at(muon, s) for s in seeds])})
+  return rows
+
+
+def claim_table(rows: list[dict]) -> list[str]:
+  """Markdown lines of `claim_rows` (mean +- std over seeds, n)."""
+  out = ["| batch | fraction of training (step) | AdamW - Muon | AdamW - Dion r=1 | Dion r=1 / Muon |",
+         "|---|---|---|---|---|"]
+  fmt = lambda s: f"{s['mean']:.4f} +- {s['std']:.4f} (n={s['n']})"  # noqa: E731
+  out += [f"| {r['batch_size']} | {r['fraction']:g} ({r['step']}) | {fmt(r['adamw_minus_muon'])} | "
+          f"{fmt(r['adamw_minus_dion'])} | {fmt(r['dion_over_muon'])} |" for r in rows]
+  return out
 
 
 def _report(cfg: Config, run, main_runs: list[dict], sweep: list[dict]) -> None:
@@ -528,11 +593,26 @@ def _report(cfg: Config, run, main_runs: list[dict], sweep: list[dict]) -> None:
     gaps = {b: round(v - muon[b], 4) for b, v in by_arm["adamw"] if b in muon}
     headline.append({"metric": "AdamW - Muon val loss gap by batch size", "value": str(gaps),
                      "note": "paper: the gap grows with batch size"})
+  claim = claim_rows(sweep)
+  if claim:
+    claim_lines = claim_table(claim)
+    log.info("Batch-size claim (paired over seeds, each arm at its best lr per batch)\n%s",
+             "\n".join(claim_lines))
+    best = {(r["arm"], r["batch_size"]): r["best_point"] for r in sweep if "best_point" in r}
+    for r in (r for r in claim if r["fraction"] == 1.0):
+      for key, name in (("adamw_minus_muon", "AdamW - Muon"), ("adamw_minus_dion", "AdamW - Dion r=1"),
+                        ("dion_over_muon", "Dion r=1 / Muon")):
+        headline.append({"metric": f"{name} final val loss, batch {r['batch_size']}",
+                         "value": round(r[key]["mean"], 4),
+                         "note": f"{stats.spread(r[key], 3, ci=True)}; {r['step']} steps, paired seeds, "
+                                 "lr tuned per arm and batch: " + ", ".join(
+                                     f"{a} {best.get((a, r['batch_size']))}" for a in ("adamw", "muon", "dion-1"))})
   strip = lambda rs: [{k: v for k, v in r.items() if k not in _TIMING} for r in rs]  # noqa: E731
   timed = main_runs + [r for r in sweep if all(r is not m for m in main_runs)]
   timing = {"table": table, "runs": [{k: r[k] for k in ("arm", "batch_size", *_TIMING)} for r in timed]}
   run.write_results({"runs": strip(main_runs), "sweep": strip(sweep), "sweep_table": sweep_table,
-                     "adamw_minus_muon_by_batch": gaps}, headline, timing=timing)
+                     "adamw_minus_muon_by_batch": gaps, "claim": claim,
+                     "claim_table": claim_table(claim) if claim else []}, headline, timing=timing)
 
 
 if __name__ == "__main__":

@@ -24,6 +24,14 @@ With ``--mesh clients=N`` the client data live sharded over the mesh (the
 client axis padded with empty clients to a multiple of N); each process puts
 only its own clients on its devices, and a round gathers just the sampled
 clients' rows.
+
+``--sweep client_lr=0.02,0.05,0.1`` trains every FedAlt / FedSim cell at
+all those client learning rates as one `paperlab.sweep.Sweep` (the FedState
+stacked over members, each member's client SGD step size a traced value);
+member ``v`` is the cell of the run ``--client_lr v``. The table reports each
+cell at its best rate (by mean client test accuracy; every rate is listed
+under the cell's ``members``). ``--seeds`` stays a loop over whole pipelines:
+a seed draws its own federated split of the data and its own pretrained model.
 """
 
 from __future__ import annotations
@@ -39,7 +47,7 @@ import optax
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
-from paperlab import config, distributed, loop, plots
+from paperlab import config, distributed, loop, plots, sweep
 from paperlab import data as data_lib
 from paperlab import mesh as mesh_lib
 from fed import algorithms as alg
@@ -106,6 +114,8 @@ class Config:
     req(self.stateless_eval in alg.STATELESS_EVALS,
         f"stateless_eval must be one of {alg.STATELESS_EVALS}, got {self.stateless_eval!r}.")
     req(len(set(self.seeds)) == len(self.seeds), f"seeds must be distinct, got {self.seeds}.")
+    req(self.seed >= 0 and all(s >= 0 for s in self.seeds),
+        f"seed and seeds must be >= 0, got seed={self.seed}, seeds={self.seeds}.")
     req(self.num_clients >= 1, f"num_clients must be >= 1, got {self.num_clients}.")
     req(1 <= self.clients_per_round <= self.num_clients,
         f"clients_per_round must be in [1, num_clients={self.num_clients}], got {self.clients_per_round}.")
@@ -220,14 +230,8 @@ class Experiment:
                 stateful: bool = True):
     """Trains one cell with `paperlab.loop.train` (resumable); returns ``(algo, state, history)``."""
     cfg = self.cfg
-    part = pz.Partition(params, pz.label_params(params, split))
-    a = alg.FedAlgorithm(
-        self.loss_fn, part,
-        alg.phases(algorithm, optax.sgd(lr), personal_tx=optax.sgd(cfg.personal_lr),
-                   personal_steps=cfg.personal_steps or None, shared_steps=cfg.shared_steps or None),
-        alg.server_optimizer(cfg.server_optimizer, cfg.server_lr), clients_per_round=cfg.clients_per_round,
-        stateful=stateful, weighting=cfg.weighting, chunk_size=self.chunk, mesh=self.mesh,
-        num_clients=self.fd.num_clients, stateless_eval=cfg.stateless_eval)
+    a = self.algorithm(split, algorithm, params, lr=lr, stateful=stateful)
+    part = a.partition
     n = self.rows
 
     def eval_fn(state, step):
@@ -268,6 +272,53 @@ class Experiment:
     s = self.evaluate(part, u if u_i == () else u_i, v_i, frozen, shared_per_client=u_i != ())
     return self._save(name, {"acc_mean": s["acc_mean"], "acc_p10": s["acc_p10"]})
 
+  def algorithm(self, split: str, algorithm: str, params, *, lr, stateful: bool = True) -> alg.FedAlgorithm:
+    """The `fed.algorithms.FedAlgorithm` of one cell; ``lr`` (the client rate) may be traced."""
+    cfg = self.cfg
+    part = pz.Partition(params, pz.label_params(params, split))
+    return alg.FedAlgorithm(
+        self.loss_fn, part,
+        alg.phases(algorithm, optax.sgd(lr), personal_tx=optax.sgd(cfg.personal_lr),
+                   personal_steps=cfg.personal_steps or None, shared_steps=cfg.shared_steps or None),
+        alg.server_optimizer(cfg.server_optimizer, cfg.server_lr), clients_per_round=cfg.clients_per_round,
+        stateful=stateful, weighting=cfg.weighting, chunk_size=self.chunk, mesh=self.mesh,
+        num_clients=self.fd.num_clients, stateless_eval=cfg.stateless_eval)
+
+  def federated_sweep(self, name: str, split: str, algorithm: str, params, *, rounds: int,
+                      lrs: tuple[float, ...], stateful: bool = True):
+    """One cell at every client rate of ``lrs``: one `paperlab.sweep.Sweep` of stacked FedStates.
+
+    Member ``v`` starts from the same state as the single run ``--client_lr v``
+    (the same sampling and batch-order key) and trains with client rate ``v``.
+    Returns ``[(client_lr, algorithm, FedState)]`` per member, in ``lrs`` order.
+    """
+    cfg = self.cfg
+    start = self.algorithm(split, algorithm, params, lr=cfg.client_lr, stateful=stateful).init(
+        params, self.rows, jax.random.key(cfg.seed + 1))
+    grid = sweep.Grid.product((cfg.seed,), client_lr=lrs)
+
+    def init_fn(key, hp):
+      del key, hp  # every member starts from the cell's state; only the client rate differs
+      return start
+
+    def step_fn(state, hp, t, data):
+      del t
+      return self.algorithm(split, algorithm, params, lr=hp["client_lr"], stateful=stateful)._round(state, data)
+
+    engine = sweep.Sweep(grid, init_fn, step_fn, data=self.train)
+    every = max(1, min(cfg.eval_every, rounds))
+    stacked, _, _ = engine.train(self.run.path(self.prefix + name), num_steps=rounds, log_every=every,
+                                 checkpoint_every=every * max(1, 50 // every),
+                                 desc=f"{self.prefix}{name} ({len(grid)} client rates)",
+                                 base_config=config.to_dict(cfg))
+    failed = engine.failures(stacked)
+    if failed:
+      raise ValueError(f"{name}: client rates {[engine.members[int(i[1:])].values for i in failed]} became "
+                       "non-finite; drop them from --sweep client_lr.")
+    return [(float(m.values["client_lr"]), self.algorithm(split, algorithm, params, lr=m.values["client_lr"],
+                                                           stateful=stateful),
+             alg.FedState(*engine.unstack(stacked["state"], m.index))) for m in engine.members]
+
   def personalize(self, split: str, algorithm: str, stateful: bool, pretrained) -> dict:
     """One FedAlt / FedSim cell: train, final personal-only pass, evaluate (and fine-tune)."""
     cfg = self.cfg
@@ -275,8 +326,19 @@ class Experiment:
     cached = self.cells.get(name)
     if cached is not None and (not cfg.cell_finetune or "ft_acc_mean" in cached):
       return cached
+    lrs = dict(self.run.sweep.numeric).get("client_lr") if getattr(self.run, "sweep", None) else None
+    if lrs:
+      members = [self._cell(a, state, None) | {"client_lr": lr} for lr, a, state in self.federated_sweep(
+          name, split, algorithm, pretrained, rounds=cfg.rounds, lrs=lrs, stateful=stateful)]
+      best = max(members, key=lambda c: c["acc_mean"])
+      return self._save(name, {**best, "members": members})
     a, state, history = self.federated(name, split, algorithm, pretrained, rounds=cfg.rounds,
                                        lr=cfg.client_lr, stateful=stateful)
+    return self._save(name, self._cell(a, state, history))
+
+  def _cell(self, a: alg.FedAlgorithm, state: alg.FedState, history) -> dict:
+    """A trained cell's results: final personal-only pass, evaluation (and fine-tuning)."""
+    cfg = self.cfg
     trained = a.client_personal(state, self.rows)  # stateless: cached v_i, or v_0 ('fresh')
     personal = trained
     if cfg.final_epochs > 0:  # the reference code's final personal-only pass on every client
@@ -284,12 +346,14 @@ class Experiment:
     s = self.evaluate(a.partition, state.shared, personal, state.frozen)
     cell = {"acc_mean": s["acc_mean"], "acc_p10": s["acc_p10"],
             "personal_fraction": a.partition.personal_fraction,
-            "personal_params": a.partition.count(pz.PERSONAL), "history": _curve(history)}
+            "personal_params": a.partition.count(pz.PERSONAL)}
+    if history is not None:
+      cell["history"] = _curve(history)
     if cfg.cell_finetune:  # local fine-tuning of the personal part from the cell's final (u, v_i)
       tuned = self._personal_pass(a, state, trained, cfg.finetune_epochs, cfg.finetune_lr)
       t = self.evaluate(a.partition, state.shared, tuned, state.frozen)
       cell |= {"ft_acc_mean": t["acc_mean"], "ft_acc_p10": t["acc_p10"]}
-    return self._save(name, cell)
+    return cell
 
   def _personal_pass(self, a, state, personal, epochs: int, lr: float):
     return alg.local_finetune(self.loss_fn, a.partition, [sim.Phase("personal", optax.sgd(lr))],
@@ -430,15 +494,23 @@ def plot_curves(cfg: Config, per_seed: list[dict], columns: list[str], path, tit
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("mean client test accuracy (%)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    if ax.get_legend_handles_labels()[0]:  # swept cells have no per-round curve
+      ax.legend(fontsize=7)
   seeds = f", mean of {len(per_seed)} seeds (band: min-max)" if len(per_seed) > 1 else ""
   fig.suptitle(title + seeds)
   plots.save(fig, path)
 
 
+def _check_sweep(cfg: Config, request) -> None:
+  del request
+  config.require(not cfg.mesh and distributed.process_count() == 1,
+                 "--sweep client_lr runs on one process without --mesh (the members are the stacked "
+                 "axis); drop --mesh or the sweep flag.")
+
+
 def main(argv=None) -> dict:
   cfg, run = config.cli(Config, PRESETS, paper="fed_partial", description=__doc__, argv=argv,
-                        multiprocess=True)
+                        multiprocess=True, sweep=config.SweepOptions(numeric=("client_lr",), check=_check_sweep))
   seeds = cfg.run_seeds
   per_seed = [run_seed(dataclasses.replace(cfg, seed=s), run, f"seed{s}/" if cfg.seeds else "")
               for s in seeds]

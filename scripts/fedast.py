@@ -269,7 +269,10 @@ def make_plots(sims: dict, tasks, run: config.Run) -> None:
 
 
 def main(argv=None) -> dict:
-  cfg, run = config.cli(Config, PRESETS, paper="fedast", description=__doc__, argv=argv)
+  # Seeds only (--seeds 0 1 2 or 0:5, the seeds field): each (method, seed) is an event-driven
+  # simulation of asynchronous clients, run one after the other, not one vmapped program.
+  cfg, run = config.cli(Config, PRESETS, paper="fedast", description=__doc__, argv=argv,
+                        sweep=config.SweepOptions())
   tasks = build_tasks(cfg)
   names = [t.name for t in tasks]
   sims = {}

@@ -10,6 +10,13 @@ same depth and with that MLP magnitude-pruned to the searched model's size.
 
     python scripts/swat_nn.py --preset quick
     python scripts/swat_nn.py --preset quick --functions booth himmelblau --search-steps 3000
+    python scripts/swat_nn.py --preset quick --seeds 0:5     # 5 search seeds (latent restarts)
+
+The searches of every function x search seed (``--seeds``, default
+``0 .. search_seeds-1``) at one depth are one `paperlab.sweep.evaluate` call;
+search seed ``s`` of function ``f`` draws its latent from the same key in any
+sweep (key ``s * F + f`` of the search keys of ``--seed``), so its result does
+not depend on which other seeds run with it.
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from paperlab import config, files, loop, metrics, plots, stats
+from paperlab import config, files, loop, metrics, plots, stats, sweep
 from nas import autoencoder as ae
 from nas import baselines, encoding, search
 from nas import functions as fns
@@ -73,7 +80,7 @@ class Config:
   dense_lr: float = 1e-2  # dense baseline: Adam learning rate
   dense_activation: str = "tanh"  # dense baseline: activation of every hidden unit
   finetune_steps: int = 300  # Adam steps after magnitude pruning (mask fixed)
-  search_seeds: int = 1  # independent searches (latent inits) per function, vmapped together
+  search_seeds: int = 1  # independent searches (latent inits) per function, one sweep (or --seeds S1 S2 ...)
   # The paper's ablation: a second autoencoder trained on teachers that all use dense_activation,
   # searched with that activation fixed (weights and architecture only).
   fixed_activation_ablation: bool = False  # also run the fixed-activation ablation
@@ -192,38 +199,71 @@ def _require_finite(tree, what: str, names: list[str]) -> None:
         "(--lr-z, --lr-t, --dense-lr) or check the autoencoder.")
 
 
-def latent_search(cfg: Config, graphdef, params, data: list[fns.Dataset],
+def search_seeds(cfg: Config, run=None) -> tuple[int, ...]:
+  """The search seeds: ``--seeds`` of the command line, else ``0 .. search_seeds-1``."""
+  request = getattr(run, "sweep", None)
+  return tuple(request.seeds) if request and request.seeds is not None else tuple(range(cfg.search_seeds))
+
+
+def entry_keys(cfg: Config, offset: int, seeds: tuple[int, ...], num_functions: int) -> jax.Array:
+  """Key data ``[S * F, ...]`` of every entry (seed-major): key ``s * F + f`` of ``key(seed + offset)``."""
+  table = jax.random.split(jax.random.key(cfg.seed + offset), (max(seeds) + 1) * num_functions)
+  index = np.array([s * num_functions + f for s in seeds for f in range(num_functions)])
+  return jax.random.key_data(table)[index]
+
+
+def latent_search(cfg: Config, graphdef, params, data: list[fns.Dataset], seeds: tuple[int, ...] = (0,),
                   progress: metrics.RunProgress | None = None,
                   activation: str | None = None) -> dict[int, dict]:
-  """Runs the search for every dataset entry at every depth (vmapped over entries).
+  """Runs the search for every function x search seed at every depth: one sweep call per depth.
 
-  Entry ``i`` starts from its own latent draw, so repeated datasets are
-  independent search seeds. ``activation`` fixes every neuron's activation.
+  The members of `paperlab.sweep.evaluate` are the functions (points) x
+  ``seeds``; the outputs are in entry order (seed-major: entry ``i`` is
+  function ``i % F`` of search seed ``seeds[i // F]``). Each search starts
+  from its own latent draw (`entry_keys`). ``activation`` fixes every
+  neuron's activation.
   """
+  n_f = len(data)
   x = jnp.stack([d.x_train for d in data])
   y = jnp.stack([d.y_train for d in data])
-  keys = jax.random.split(jax.random.key(cfg.seed + 1), len(data))
+  keys = entry_keys(cfg, 1, seeds, n_f)
+  grid = sweep.Grid.product(seeds, function=range(n_f))  # members: function (outer) x seed (inner)
+  order = np.array([f * len(seeds) + j for j in range(len(seeds)) for f in range(n_f)])  # member of entry
+  seed_pos = {s: j for j, s in enumerate(seeds)}
+  seed_of = jnp.asarray([seed_pos.get(s, 0) for s in range(max(seeds) + 1)], jnp.int32)
   scfg = cfg.search_config()
+  names = [d.name for d in data] * len(seeds)
   out = {}
   for depth in DEPTHS:
     t0 = time.perf_counter()
 
-    def decode(z, depth=depth):
-      raw = ae.bind(graphdef, params).decode(z, depth)
-      return raw if activation is None else encoding.fix_activation(raw, depth, activation)
+    def decoder(ae_params, depth=depth):
+      def decode(z):
+        raw = ae.bind(graphdef, ae_params).decode(z, depth)
+        return raw if activation is None else encoding.fix_activation(raw, depth, activation)
+      return decode
 
-    run = jax.jit(jax.vmap(functools.partial(search.run_search, decode, depth,
-                                             latent_shape=(encoding.H, cfg.d_model), cfg=scfg)))
+    def one(hp, shared, depth=depth, decoder=decoder):
+      xs, ys, key_data, ae_params = shared
+      f = hp["function"].astype(jnp.int32)
+      entry = seed_of[hp["seed"]] * n_f + f
+      key = jax.random.wrap_key_data(key_data[entry])
+      return search.run_search(decoder(ae_params), depth, xs[f], ys[f], key,
+                               latent_shape=(encoding.H, cfg.d_model), cfg=scfg)
+
     what = "latent search" if activation is None else f"latent search ({activation} only)"
     with progress.phase(f"{what}, depth {depth}", units=cfg.search_steps) if progress \
         else contextlib.nullcontext():
-      res = jax.device_get(run(x, y, keys))
-    _require_finite(res.params, f"the latent search at depth {depth}", [d.name for d in data])
+      res = jax.device_get(sweep.evaluate(one, grid, shared=(x, y, keys, params)))
+    res = jax.tree.map(lambda v: v[order], res)
+    _require_finite(res.params, f"the latent search at depth {depth}", names)
+    decode = decoder(params)
     raws = jax.vmap(decode)(res.params["z"])
     nets = jax.vmap(lambda r, t: search.hard_net(r, depth, t))(raws, res.params["t"])
     out[depth] = {"nets": nets, "params": res.params, "trace": res.trace,
                   "counts": jax.device_get(jax.vmap(search.count)(nets))}
-    log.info("Search at depth %d over %d functions: %.1f s.", depth, len(data), time.perf_counter() - t0)
+    log.info("Search at depth %d over %d functions x %d seeds (%d members): %.1f s.", depth, n_f,
+             len(seeds), len(grid), time.perf_counter() - t0)
   return out
 
 
@@ -233,13 +273,17 @@ def mse(net_batch: encoding.Net, x: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 
 def run_baselines(cfg: Config, data: list[fns.Dataset], targets: dict[int, np.ndarray],
-                  progress: metrics.RunProgress | None = None) -> dict[int, dict]:
-  """Dense nets at every depth, pruned to ``targets[depth]`` (per function) and fine-tuned."""
+                  progress: metrics.RunProgress | None = None,
+                  seeds: tuple[int, ...] = (0,)) -> dict[int, dict]:
+  """Dense nets at every depth, pruned to ``targets[depth]`` (per entry) and fine-tuned.
+
+  ``data`` are the entries (seed-major, ``len(seeds)`` copies of the functions).
+  """
   x = jnp.stack([d.x_train for d in data])
   y = jnp.stack([d.y_train for d in data])
   out = {}
   for depth in DEPTHS:
-    keys = jax.random.split(jax.random.key(cfg.seed + 2 + depth), len(data))
+    keys = jax.random.wrap_key_data(entry_keys(cfg, 2 + depth, seeds, len(data) // len(seeds)))
 
     @jax.jit
     def fit(key, x, y, target, depth=depth):
@@ -283,7 +327,9 @@ def _search_outcome(cfg: Config, found: dict[int, dict], entries: list[fns.Datas
 
 
 def main(argv=None) -> dict:
-  cfg, run = config.cli(Config, PRESETS, paper="swat_nn", description=__doc__, argv=argv)
+  cfg, run = config.cli(Config, PRESETS, paper="swat_nn", description=__doc__, argv=argv,
+                        sweep=config.SweepOptions())
+  seeds = search_seeds(cfg, run)
   t_start = time.perf_counter()
   n_fixed = 2 if cfg.fixed_activation_ablation else 1
   total = n_fixed * cfg.ae_steps + len(DEPTHS) * (n_fixed * cfg.search_steps + cfg.dense_steps
@@ -296,16 +342,16 @@ def main(argv=None) -> dict:
     with progress.phase("regression datasets"):
       data = [fns.make_dataset(name, seed=cfg.seed, n_train=cfg.n_train, n_test=cfg.n_test)
               for name in cfg.functions]
-    entries = data * cfg.search_seeds  # entry i: function i % F, search seed i // F
-    found = latent_search(cfg, graphdef, params, entries, progress)
+    entries = data * len(seeds)  # entry i: function i % F, search seed seeds[i // F]
+    found = latent_search(cfg, graphdef, params, data, seeds, progress)
     chosen_depth = _search_outcome(cfg, found, entries)
     fixed, fixed_depth = None, None
     if fixed_ae is not None:
-      fixed = latent_search(cfg, fixed_ae[0], fixed_ae[1], entries, progress,
+      fixed = latent_search(cfg, fixed_ae[0], fixed_ae[1], data, seeds, progress,
                             activation=cfg.dense_activation)
       fixed_depth = _search_outcome(cfg, fixed, entries)
     targets = {d: np.asarray(found[d]["counts"]["nonzero_params"]) for d in DEPTHS}
-    base = run_baselines(cfg, entries, targets, progress)
+    base = run_baselines(cfg, entries, targets, progress, seeds)
   t_total = time.perf_counter() - t_start
 
   stack = lambda field: np.stack([getattr(d, field) for d in entries])  # noqa: E731
@@ -315,7 +361,7 @@ def main(argv=None) -> dict:
     depth = int(chosen_depth[i])
     f, b = found[depth], base[depth]
     pick = lambda tree: jax.tree.map(lambda v: v[i], tree)  # noqa: E731
-    row = {"function": d.name, "seed": i // len(data), "depth": depth,
+    row = {"function": d.name, "seed": seeds[i // len(data)], "depth": depth,
            "swat_test_mse": float(f["test_mse"][i]), "swat_train_mse": float(f["train_mse"][i]),
            "swat_active_neurons": int(f["counts"]["active_neurons"][i]),
            "swat_params": int(f["counts"]["nonzero_params"][i]),
@@ -343,18 +389,17 @@ def main(argv=None) -> dict:
   if fixed is not None:
     keys += ["fixed_test_mse", "fixed_params"]
   # Per search seed: the mean over functions; then mean, std, n and 95% CI over the seeds.
-  per_seed = {k: [float(np.mean([r[k] for r in rows if r["seed"] == s])) for s in range(cfg.search_seeds)]
-              for k in keys}
+  per_seed = {k: [float(np.mean([r[k] for r in rows if r["seed"] == s])) for s in seeds] for k in keys}
   over_seeds = {k: stats.summarize(v) for k, v in per_seed.items()}
   summary = {k: v["mean"] for k, v in over_seeds.items()}
   summary["mse_ratio_swat_over_dense"] = summary["swat_test_mse"] / summary["dense_test_mse"]
   summary["fewer_params_than_dense"] = summary["swat_params"] < summary["dense_params"]
   summary["mse_within_2x_of_dense"] = summary["mse_ratio_swat_over_dense"] <= 2.0
   # Functions where SWAT-NN beats the equal-size pruned + fine-tuned dense net, per seed.
-  wins = [sum(r["swat_test_mse"] < r["tuned_test_mse"] for r in rows if r["seed"] == s)
-          for s in range(cfg.search_seeds)]
+  wins = [sum(r["swat_test_mse"] < r["tuned_test_mse"] for r in rows if r["seed"] == s) for s in seeds]
   heldout = [r for r in history if "heldout_loss" in r]
-  results = {"summary": summary, "over_seeds": over_seeds, "search_seeds": cfg.search_seeds,
+  results = {"summary": summary, "over_seeds": over_seeds, "search_seeds": len(seeds),
+             "search_seed_values": list(seeds),
              "wins_over_pruned_per_seed": wins, "functions": rows,
              "per_function": per_function_stats(rows, keys),
              "autoencoder_params": n_params,
@@ -364,19 +409,16 @@ def main(argv=None) -> dict:
     results["fixed_activation"] = {"activation": cfg.dense_activation,
                                    "heldout_first": _no_timing(fixed_heldout[0]),
                                    "heldout_last": _no_timing(fixed_heldout[-1])}
-  _write_figures(cfg, run, history, rows[:len(data)], data, found, chosen_depth[:len(data)])
   tables = [table_markdown(rows[:len(data)], {k: float(np.mean([r[k] for r in rows[:len(data)]]))
                                                 for k in keys}),
             comparison_markdown(results["per_function"], fixed is not None),
             depth_markdown(rows, fixed is not None)]
-  files.atomic_write_text(run.path("table.md"), "\n\n".join(tables) + "\n")
-  print("\n\n".join(tables[1:]))
   o = over_seeds
   n_f = len(data)
   headline = [
       {"metric": "SWAT-NN mean test MSE (scaled targets, mean over functions)",
        "value": stats.spread(o["swat_test_mse"]),
-       "note": f"{n_f} functions x {cfg.search_seeds} search seeds; equal-size pruned dense + fine-tune "
+       "note": f"{n_f} functions x {len(seeds)} search seeds; equal-size pruned dense + fine-tune "
                f"{stats.spread(o['tuned_test_mse'])}; dense {stats.spread(o['dense_test_mse'])}"},
       {"metric": "SWAT-NN mean non-zero params", "value": stats.spread(o["swat_params"]),
        "note": f"dense same depth {summary['dense_params']:.1f}; SWAT-NN beats the equal-size pruned "
@@ -392,9 +434,24 @@ def main(argv=None) -> dict:
     headline.insert(2, {"metric": f"fixed-activation ({cfg.dense_activation}) AE search mean test MSE",
                         "value": stats.spread(o["fixed_test_mse"]),
                         "note": f"mean non-zero params {stats.spread(o['fixed_params'])}"})
-  run.write_results(results, headline, timing={"autoencoder_seconds": t_ae, "total_seconds": t_total})
+  write_outputs(run, results, headline, {"autoencoder_seconds": t_ae, "total_seconds": t_total}, tables,
+                lambda: _write_figures(cfg, run, history, rows[:len(data)], data, found,
+                                       chosen_depth[:len(data)]))
   log.info("Done in %.0f s (autoencoder %.0f s).", t_total, t_ae)
   return results
+
+
+def write_outputs(run, results: dict, headline: list[dict], timing: dict, tables: list[str],
+                  figures) -> None:
+  """Writes table.md and results.json, then calls ``figures()``: a figure that fails loses no number."""
+  files.atomic_write_text(run.path("table.md"), "\n\n".join(tables) + "\n")
+  print("\n\n".join(tables[1:]))
+  run.write_results(results, headline, timing=timing)
+  try:
+    figures()
+  except Exception:
+    log.error("table.md and results.json are written in %s; writing the figures failed.", run.workdir)
+    raise
 
 
 def per_function_stats(rows: list[dict], keys: list[str]) -> dict[str, dict]:

@@ -43,4 +43,4 @@ def test_script_tiny_run(tmp_path):
   assert bad.returncode != 0 and "alpha must be > 0" in bad.stderr
   bad = subprocess.run(cmd[:4] + ["--workdir", str(tmp_path / "bad"), "--sweep", "gan_lr_g=0.1"],
                        capture_output=True, text=True, env=env, timeout=120, check=False)
-  assert bad.returncode == 2 and "cannot sweep gan_lr_g" in bad.stderr
+  assert bad.returncode == 2 and "gan_lr_g: this script sweeps only seeds" in bad.stderr

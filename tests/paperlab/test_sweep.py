@@ -244,20 +244,6 @@ def test_wait_raises_on_a_stalled_program():
   np.testing.assert_array_equal(sweep.wait(out), [1.0, 1.0])
 
 
-def test_hang_guard_dumps_and_exits(tmp_path):
-  import subprocess  # pylint: disable=g-import-not-at-top
-  import sys  # pylint: disable=g-import-not-at-top
-  code = ("import time\nfrom paperlab import sweep\nwith sweep.hang_guard(1):\n  time.sleep(30)\n"
-          "print('not reached')\n")
-  proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
-                        check=False)
-  assert proc.returncode != 0 and "not reached" not in proc.stdout
-  assert "most recent call first" in proc.stderr
-  with pytest.raises(ValueError, match="seconds > 0"):
-    with sweep.hang_guard(0):
-      pass
-
-
 def _counter_init(key, hp):
   del key
   return {"w": jnp.zeros(3) + hp["seed"]}
@@ -302,3 +288,20 @@ def test_train_goes_on_past_a_frozen_member_and_stops_when_all_are(tmp_path):
                      _counter_init, _counter_step, chunk_size=2, devices=1)
   with pytest.raises(FloatingPointError, match="every member of sweep is frozen"):
     both.train(tmp_path / "all", num_steps=12, log_every=4)
+
+
+def test_apply_with_shared_data_is_each_members_function_compiled_once():
+  engine = _engine(2, devices=1)
+  stacked = engine.init()
+
+  def test_loss(state, hp, data):
+    return {"loss": loss_fn(state["params"], *data), "lr": hp["learning_rate"]}
+
+  out = engine.apply(test_loss, stacked, (DATA_X, DATA_Y))
+  for m in engine.members:
+    ref = loss_fn(engine.unstack(stacked["state"], m.index)["params"], DATA_X, DATA_Y)
+    np.testing.assert_allclose(out["loss"][m.index], ref, rtol=1e-6)
+    assert float(out["lr"][m.index]) == np.float32(m.values["learning_rate"])
+  first = engine._apply_jit[(test_loss, False)]  # pylint: disable=protected-access
+  engine.apply(test_loss, stacked, (DATA_X[::-1], DATA_Y[::-1]))  # other values, same program
+  assert len(engine._apply_jit) == 1 and engine._apply_jit[(test_loss, False)] is first  # pylint: disable=protected-access

@@ -76,3 +76,21 @@ def test_seed_is_not_an_abbreviation_of_seeds(tmp_path):
 def test_script_without_sweeps_refuses_the_flags(tmp_path):
   with pytest.raises(config.ConfigError, match="does not run sweeps"):
     _cli(tmp_path, "--seeds", "0:2", options=None)
+
+
+@dataclasses.dataclass(frozen=True)
+class OwnSeeds:
+  seeds: tuple[int, ...] = (0,)
+  lr: float = 0.1
+
+
+def test_own_seeds_field_takes_ranges_and_seed_only_scripts_name_seeds(tmp_path):
+  cli = lambda *argv: config.cli(OwnSeeds, {"quick": OwnSeeds()}, paper="toy", sweep=config.SweepOptions(),  # noqa: E731
+                                 argv=[*argv, "--workdir", str(tmp_path / "w")])
+  cfg, run = cli("--seeds", "0:3", "7")
+  assert cfg.seeds == (0, 1, 2, 7) and run.sweep.seeds is None
+  assert cli("--seeds=2:4", "--lr", "0.5", "--fresh")[0].seeds == (2, 3)
+  with pytest.raises(config.ConfigError, match=r"--sweep lr: this script sweeps only seeds \(--seeds"):
+    cli("--sweep", "lr=0.1,0.2", "--fresh")
+  with pytest.raises(config.ConfigError, match="empty range"):
+    cli("--seeds", "3:3", "--fresh")

@@ -22,6 +22,8 @@ import baseline_mlp  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-imp
 import ccl  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
 import complex_momentum  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
 import dion  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
+import fed_partial  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
+import fedast  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
 import reproduce  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
 import swat_nn  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
 
@@ -38,6 +40,11 @@ CASES = {
         ("--checkpoint-every 150", "checkpoint_every must be a positive multiple"),
         ("--log-every 0", "log_every must be >= 1"), ("--hidden 0", "hidden widths"),
         ("--dataset imagenet", "dataset must be one of"), ("--batch-size 0", "batch_size"),
+        ("--sweep nope=1", "unknown key 'nope'; this script sweeps lr, momentum, weight_decay"),
+        ("--sweep lr=", "empty list"), ("--sweep lr=0.1,x", "'x' is not a number"),
+        ("--sweep lr=0.1,-1", "lr must be > 0"), ("--sweep epochs=1,2", "cannot sweep epochs"),
+        ("--sweep dataset=mnist,digits", "cannot group"), ("--seeds 2:1", "empty range"),
+        ("--seeds 0:2 --mesh data=2", "without --mesh"),
     ],
     ccl: [
         ("--epochs 0", "epochs"), ("--methods", "methods must list"), ("--methods ccl ccl", "methods"),
@@ -47,6 +54,11 @@ CASES = {
         ("--diag-examples 5", "diag_examples"), ("--batches-per-epoch 0", "batches_per_epoch"),
         ("--model rnn", "--model"), ("--model ae --channels 1 2 3 4 5 6", "at most 5"),
         ("--hidden 0", "widths"), ("--scale-c -1", "loss weights"), ("--warmup-steps -1", "warmup_steps"),
+        ("--sweep nope=1", "unknown key 'nope'; this script sweeps lr, bp_lr, momentum"),
+        ("--sweep lr=", "empty list"), ("--sweep lr=1,x", "'x' is not a number"),
+        ("--sweep lr=1,-1", "lr must be > 0"), ("--sweep momentum=0.5,1", "momentum must be in"),
+        ("--sweep epochs=1,2", "cannot sweep epochs"), ("--sweep model=mlp,cnn", "cannot group"),
+        ("--sweep lr=1,2 --sweep momentum=0 --sweep-zip", "equal length"),
     ],
     dion: [
         ("--timing-calls 0", "timing_calls must be >= 1"), ("--eval-windows 0", "eval_windows must be >= 1"),
@@ -78,8 +90,8 @@ CASES = {
         ("--gan-d-steps 0", "gan_d_steps"), ("--gan-ema 1", "gan_ema"), ("--gan-magnitude 1", "magnitudes"),
         ("--sweep-tol 0", "sweep_tol"), ("--heat-grid 1", "heat_grid"), ("--fmnist-lr 0", "fmnist_lr"),
         ("--gan-eval-every 0", "gan_eval_every"),
-        ("--sweep gan_lr_x=1", "unknown key"), ("--sweep gan_steps=1,2", "cannot sweep gan_steps"),
-        ("--sweep gan_b2=0.5", "cannot sweep gan_b2"), ("--seeds x", "expected integers"),
+        ("--sweep gan_lr_x=1", "unknown key"), ("--sweep gan_steps=1,2", "gan_steps: this script sweeps only seeds"),
+        ("--sweep gan_b2=0.5", "sweeps only seeds"), ("--seeds x", "expected integers"),
         ("--seeds 0:2 --parts sweep", "add gan to --parts"),
     ],
     swat_nn: [
@@ -91,6 +103,19 @@ CASES = {
         ("--lr-z 0", "lr_z"), ("--dense-activation relu", "dense_activation"), ("--ae-clip -1", "ae_clip"),
         ("--functional-weight 0 --recon-weight 0", "must not both be 0"), ("--ae-warmup 5000", "ae_warmup"),
         ("--n-test 0", "n_test"), ("--finetune-steps -1", "finetune_steps"),
+        ("--sweep lr_z=0.1,0.2", "sweeps only seeds"), ("--sweep nope=1", "unknown key 'nope'"),
+        ("--seeds 1 1", "distinct"), ("--seeds 3:3", "empty range"), ("--seeds x", "expected integers"),
+    ],
+    fed_partial: [
+        ("--sweep client_lr=", "empty list"), ("--sweep client_lr=0.1,x", "'x' is not a number"),
+        ("--sweep client_lr=0.1,-1", "client_lr must be > 0"), ("--sweep nope=1", "unknown key 'nope'"),
+        ("--sweep server_lr=1,2", "cannot sweep server_lr"), ("--sweep task=images", "cannot group"),
+        ("--sweep client_lr=0.1 --mesh clients=2", "without --mesh"), ("--seeds 3:3", "empty range"),
+        ("--seeds 1 1", "distinct"),
+    ],
+    fedast: [
+        ("--sweep lr=0.1,0.2", "sweeps only seeds"), ("--sweep nope=1", "unknown key 'nope'"),
+        ("--seeds 2:1", "empty range"), ("--seeds 1 1", "distinct"),
     ],
 }
 PARAMS = [(m, argv, msg) for m, cases in CASES.items() for argv, msg in COMMON + cases]

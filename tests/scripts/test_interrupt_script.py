@@ -33,7 +33,7 @@ def test_sigint_mid_training_then_rerun_equals_an_uninterrupted_run(tmp_path):
   cmd = [sys.executable, str(ROOT / "scripts" / "ccl.py"), *ARGS, "--workdir", str(wd)]
   env = dict(os.environ, PYTHONPATH=str(ROOT), TQDM_DISABLE="1")
   proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-  metrics_file = wd / "bp_seed0" / "metrics.jsonl"
+  metrics_file = wd / "bp" / "metrics.jsonl"
   deadline = time.monotonic() + 600
   while proc.poll() is None and time.monotonic() < deadline:  # the BP net has finished an epoch
     if metrics_file.exists() and metrics_file.read_text().count("\n") >= 1:
@@ -44,7 +44,7 @@ def test_sigint_mid_training_then_rerun_equals_an_uninterrupted_run(tmp_path):
   out = proc.communicate(timeout=300)[0]
   assert proc.returncode == 130, out[-2000:]
   assert "interrupted:" in out and "Traceback" not in out
-  steps = sorted(int(p.name) for p in (wd / "bp_seed0" / "checkpoints").iterdir() if p.name.isdigit())
+  steps = sorted(int(p.name) for p in (wd / "bp" / "checkpoints").iterdir() if p.name.isdigit())
   per_epoch = json.loads(metrics_file.read_text().splitlines()[0])["step"]
   assert steps and steps[-1] % per_epoch == 0 and steps[-1] < 5 * per_epoch  # saved by the interrupt
   assert not (wd / "results.json").exists()
