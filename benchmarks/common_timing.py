@@ -9,7 +9,8 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 
@@ -65,8 +66,8 @@ def machine() -> str:
           f"{devices[0].platform}{' ' + kind if kind else ''} device(s); Python {platform.python_version()}")
 
 
-def run_with_cpu_devices(script: str, count: int) -> dict:
-  """Runs ``python script --json`` with ``count`` CPU devices; returns its last line, parsed.
+def run_with_cpu_devices(script: str, count: int, args: Sequence[str] = ("--json",)) -> Any:
+  """Runs ``python script *args`` with ``count`` CPU devices; returns its last line, parsed.
 
   For benchmarks that need more devices than this process has: the device
   count is fixed when JAX starts, so the measurement runs in a fresh process
@@ -76,6 +77,6 @@ def run_with_cpu_devices(script: str, count: int) -> dict:
   env = dict(os.environ, JAX_PLATFORMS="cpu",
              XLA_FLAGS=(os.environ.get("XLA_FLAGS", "") +
                         f" --xla_force_host_platform_device_count={count}").strip())
-  out = subprocess.run([sys.executable, script, "--json"], env=env, check=True,
+  out = subprocess.run([sys.executable, script, *args], env=env, check=True,
                        capture_output=True, text=True).stdout
   return json.loads(out.strip().splitlines()[-1])

@@ -111,6 +111,27 @@ def _setup(name, sizes, batch, steps, members, chunks=()):
   return engines, calls
 
 
+def measure_cores(name, sizes, batch, steps, members, repeats=5) -> list[dict]:
+  """The loop vs the engine on one device and on one CPU device per usable core.
+
+  Run in a process with one CPU device per core (`benchmarks/sweep_cores.py`
+  starts it): the engine's default (``devices=None``) shards the members over
+  them, so every core runs its own share; the loop of single runs keeps XLA's
+  default threading. Nothing is pinned or single-threaded.
+  """
+  engines, calls = _setup(name, sizes, batch, steps, members)
+  grid, init_fn, step_fn, data = _problem(sizes, batch, members)
+  wide = sweep.Sweep(grid, init_fn, step_fn, data=data)
+  calls["cores"] = lambda e=wide: jax.block_until_ready(e.run(e.init(), 0, steps)[1])
+  t = _medians(calls, repeats)
+  rows = []
+  for label, key, engine in (("1", None, engines[None]), (str(wide.mesh.devices.size), "cores", wide)):
+    rows.append({"model": name, "batch x steps": f"{batch} x {steps}", "members": members,
+                 "engine devices": label, "chunk size": engine.chunk_size, "loop s": round(t["loop"], 3),
+                 "engine s": round(t[key], 3), "engine / loop speed": round(t["loop"] / t[key], 2)})
+  return rows
+
+
 def measure(name, sizes, batch, steps, members, chunks=(), repeats=5) -> list[dict]:
   engines, calls = _setup(name, sizes, batch, steps, members, chunks)
   t = _medians(calls, repeats)
@@ -180,7 +201,12 @@ def main(argv):
   p.add_argument("--chunks", type=int, nargs="*", default=[])
   p.add_argument("--case", type=int, nargs="*", default=None)
   p.add_argument("--profile", action="store_true", help="XLA op breakdown of the first case's engine run")
+  p.add_argument("--cores-json", action="store_true",
+                 help="(run by sweep_cores.py) the 16-member cases on one device and on every device, as JSON")
   args = p.parse_args(argv)
+  if args.cores_json:
+    print(json.dumps([r for c in CASES if c[4] == 16 for r in measure_cores(*c)]))
+    return
   cases = CASES + ACCELERATOR_CASES if args.all else CASES
   if args.case is not None:
     cases = [cases[i] for i in args.case]
