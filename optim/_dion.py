@@ -601,7 +601,10 @@ def scale_by_dion(rank_fraction: float = 1.0, mu: Any = 0.95, rank_multiple_of: 
     # temporaries (P R^T, P Q^T) share one buffer. With 12 x (1024, 4096)
     # leaves the temporaries went from 207 MB to 40 MB (2 leaves: 35 -> 20 MB,
     # small enough for malloc to reuse instead of mapping fresh pages, whose
-    # first-touch faults cost ~10 ms per step on one core).
+    # first-touch faults cost ~10 ms per step on one core). With a mesh the
+    # edge is left out, since that entry lives on one device (parameters
+    # sharded by the caller without `mesh` would pay a one-element transfer
+    # per group for it).
     after = None
     for members in _groups(planned, leaves, group_same_shape).values():
       plan = planned[members[0]]
