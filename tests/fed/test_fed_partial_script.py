@@ -40,9 +40,9 @@ def test_every_preset_validates():
 @pytest.mark.slow
 def test_pipeline_runs_writes_results_and_resumes(tmp_path):
   argv = ["--preset", "quick", "--workdir", str(tmp_path / "run"), "--dataset", "digits",
-          "--num_clients", "4", "--clients_per_round", "2", "--batch_size", "16",
-          "--max_client_examples", "32", "--hidden", "8", "--adapter_dim", "2",
-          "--pretrain_rounds", "2", "--rounds", "2", "--eval_every", "2", "--splits", "output", "full",
+          "--num_clients", "6", "--clients_per_round", "3", "--batch_size", "16",
+          "--max_client_examples", "64", "--hidden", "16", "--adapter_dim", "2",
+          "--pretrain_rounds", "4", "--rounds", "2", "--eval_every", "2", "--splits", "output", "full",
           "--algorithms", "fedalt", "--finetune_epochs", "1", "--permute_fraction", "0.2",
           "--seeds", "0", "1"]
   first = script.main(argv)

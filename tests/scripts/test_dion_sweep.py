@@ -17,8 +17,8 @@ import dion  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-posi
 @pytest.mark.slow
 def test_lr_grid_per_arm(tmp_path, monkeypatch):
   wd = tmp_path / "run"
-  argv = ["--arms", "adamw", "dion-1/2", "--sweep-arms", "--sweep-batch-sizes", "--steps", "4", "--log-every", "2",
-          "--eval-every", "2", "--d-model", "16", "--layers", "1", "--heads", "2", "--seq-len", "16",
+  argv = ["--arms", "adamw", "dion-1/2", "--sweep-arms", "--sweep-batch-sizes", "--steps", "10", "--log-every", "5",
+          "--eval-every", "5", "--d-model", "16", "--layers", "1", "--heads", "2", "--seq-len", "16",
           "--batch-size", "4", "--eval-windows", "8", "--timing-calls", "1", "--workdir", str(wd),
           "--seeds", "0", "1", "--sweep", "adamw_lr=0.001,0.01"]
   monkeypatch.setattr(sys, "argv", ["dion.py", *argv])
