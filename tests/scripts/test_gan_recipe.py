@@ -7,6 +7,7 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2] / "scripts"))
 
@@ -41,23 +42,35 @@ def _setup(**kw):
   return gan.GanSetup(**args)
 
 
-def test_discriminator_takes_d_steps_per_generator_step():
-  setup = _setup()
-  state = setup.steps(setup.init(), jnp.int32(0), 4)
+def _run(setup, n):
+  """``n`` steps from the initial state, init and steps each compiled once (eager init is slow)."""
+  return jax.jit(setup.steps, static_argnums=2)(jax.jit(setup.init)(), jnp.int32(0), n)
+
+
+@pytest.fixture(scope="module")
+def recipe_run():
+  """One 4-step run (2 D steps per G step, EMA 0.9; small so it compiles fast), shared below."""
+  setup = _setup(d_steps=2, sn_iters=1)
+  return setup, _run(setup, 4)
+
+
+def test_discriminator_takes_d_steps_per_generator_step(recipe_run):
+  _, state = recipe_run
   g_count = jax.tree.leaves(state.opt_states[0])[0]
   d_count = jax.tree.leaves(state.opt_states[1])[0]
-  assert int(g_count[0]) == 4 and int(d_count[0]) == 12
+  assert int(g_count[0]) == 4 and int(d_count[0]) == 8
 
 
-def test_ema_generator_is_scored_and_lags_the_generator():
-  setup = _setup()
-  state = setup.steps(setup.init(), jnp.int32(0), 5)
+def test_ema_generator_is_scored_and_lags_the_generator(recipe_run):
+  setup, state = recipe_run
   ema, gen = state.ema[0]["w"], state.players[0][0]["w"]
   assert not np.allclose(ema, gen)
   assert setup.scored_generator(state) is state.ema
-  raw = _setup(ema_decay=0.0)
-  s0 = raw.steps(raw.init(), jnp.int32(0), 2)
+  # Decay 0: the EMA is the generator (the smallest recipe that compiles fast; D steps play no part).
+  raw = _setup(ema_decay=0.0, d_steps=1, sn_iters=0)
+  s0 = _run(raw, 2)
   np.testing.assert_array_equal(s0.ema[0]["w"], s0.players[0][0]["w"])
+  assert raw.scored_generator(s0) is s0.players[0]
 
 
 def test_metric_window_is_the_last_fifth_and_arms_are_the_sweep():
