@@ -23,6 +23,7 @@ from typing import Any, Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 __all__ = [
@@ -299,3 +300,13 @@ def spectral_radius(step: Callable[..., PlayState], state: PlayState,
                     *args) -> jax.Array:
   """Largest eigenvalue modulus of :func:`iteration_matrix` (CPU-only eig)."""
   return jnp.max(jnp.abs(jnp.linalg.eigvals(iteration_matrix(step, state, *args))))
+
+
+def spectral_radius_of(matrices) -> np.ndarray:
+  """Largest eigenvalue modulus of each ``[..., d, d]`` matrix, on the host (NumPy, float64).
+
+  For iteration matrices computed in a sharded sweep: a batched LAPACK eig
+  inside concurrent XLA:CPU device programs can deadlock their shared thread
+  pool, so the eigenvalues are taken outside the device programs.
+  """
+  return np.abs(np.linalg.eigvals(np.asarray(matrices, np.float64))).max(axis=-1)

@@ -187,14 +187,9 @@ def _iteration_matrix_of(mode: str):
 
 
 def spectral_radii(mode: str, grid: sweep.Grid) -> np.ndarray:
-  """Spectral radius of every point of a (alpha, |beta|, arg beta) grid.
-
-  The iteration matrices come from one sharded sweep call; their eigenvalues are
-  taken on the host (NumPy): a batched LAPACK eig inside concurrent XLA:CPU
-  device programs can deadlock their shared thread pool.
-  """
-  mats = np.asarray(sweep.evaluate(_iteration_matrix_of(mode), grid), np.float64)
-  return np.abs(np.linalg.eigvals(mats)).max(axis=-1)
+  """Spectral radius of every point of a (alpha, |beta|, arg beta) grid: the iteration
+  matrices from one sharded sweep call, their eigenvalues on the host."""
+  return games.spectral_radius_of(sweep.evaluate(_iteration_matrix_of(mode), grid))
 
 
 def spectral_table() -> list[dict]:
@@ -280,7 +275,7 @@ def adversarial_sweep(cfg: Config, run) -> dict:
   gammas = np.linspace(0.0, 1.0, cfg.sweep_gammas)
   tol = cfg.sweep_tol * float(jnp.sqrt(sum(jnp.sum(w ** 2) for w in w0)))
 
-  def steps_and_rho(hp):
+  def steps_and_matrix(hp):
     game = games.quadratic_game(hp["gamma"], a, b, c)
     tx = complex_momentum(hp["lr"], hp["magnitude"], hp["angle"])
     step = games.make_step(game, tx)
@@ -297,11 +292,9 @@ def adversarial_sweep(cfg: Config, run) -> dict:
   grid = sweep.Grid.product(gamma=gammas, lr=cfg.sweep_lrs) * sweep.Grid.zipped(
       magnitude=[m for m, _ in betas], angle=[t for _, t in betas])
   shape = (len(gammas), len(cfg.sweep_lrs), len(betas))
-  steps, mats = sweep.evaluate(steps_and_rho, grid)
+  steps, mats = sweep.evaluate(steps_and_matrix, grid)
   steps = np.asarray(steps).reshape(shape)
-  # Eigenvalues on the host: a batched LAPACK eig inside concurrent XLA:CPU device
-  # programs can deadlock their shared thread pool (see `spectral_radii`).
-  rhos = np.abs(np.linalg.eigvals(np.asarray(mats, np.float64))).max(axis=-1).reshape(shape)
+  rhos = games.spectral_radius_of(mats).reshape(shape)
   cap = cfg.sweep_steps + 1
   out = {"gammas": gammas.round(4).tolist(), "steps": {}, "best": {}, "converged_count": {},
          "best_rho": {}}

@@ -250,3 +250,14 @@ def test_bad_inputs_raise():
     games.init_play(game, optax.sgd(0.1), (jnp.zeros(()),))
   with pytest.raises(ValueError, match="quadratic_game"):
     games.quadratic_game(0.5, jnp.zeros((2, 3)), jnp.eye(2), jnp.eye(2))
+
+
+def test_host_spectral_radius_matches_the_jax_one():
+  game = games.bilinear_game(1.0)
+  tx = complex_momentum(0.05, 0.9, math.pi / 8)
+  state = games.init_play(game, tx, (jnp.zeros(()), jnp.zeros(())))
+  step = games.make_step(game, tx)
+  mats = np.stack([np.asarray(games.iteration_matrix(step, state))] * 2)
+  np.testing.assert_allclose(games.spectral_radius_of(mats),
+                             [float(games.spectral_radius(step, state))] * 2, rtol=1e-5)
+  assert games.spectral_radius_of(-np.eye(3)) == 1.0  # modulus, not the signed eigenvalue
