@@ -211,8 +211,17 @@ class _Layout:
   def small(self, x):  # (L, r, r) or (L, k, r)
     return self._c(x, "batch_spec", None, None)
 
-  def sketch(self, x):  # (L, k, p)
+  def wide(self, x):  # (L, r, p): P in rows form
     return self._c(x, "batch_spec", None, "p_spec")
+
+  def sketch(self, x):  # (L, p, k): the transposed RCQR sketch
+    return self._c(x, "batch_spec", "p_spec", None)
+
+  def constraints(self) -> dict[str, Any]:
+    """``small`` / ``wide`` / ``sketch`` for `orthonormalize_rows` (none when unsharded)."""
+    if self.mesh is None:
+      return {}
+    return {"small": self.small, "wide": self.wide, "sketch": self.sketch}
 
   def _lead(self) -> tuple[Any, ...]:
     plan = self.plan
@@ -283,29 +292,50 @@ def _column_normalize(r: jax.Array, eps: Any) -> jax.Array:
   return r / (jnp.linalg.norm(r, axis=-2, keepdims=True) + eps)
 
 
-def _cols_product(b: jax.Array, x: jax.Array) -> jax.Array:
-  """``B X`` for ``B`` of shape ``(L, m, n)`` and ``X`` of shape ``(L, n, r)``."""
-  return jnp.einsum("lmn,lnr->lmr", b, x)
+def _t(x: jax.Array) -> jax.Array:
+  return jnp.swapaxes(x, -1, -2)
 
 
-def _outer(p: jax.Array, x: jax.Array, transposed: bool) -> jax.Array:
-  """``P X^T`` (shape ``(L, p, q)``), or its transpose ``X P^T`` when ``transposed``."""
-  return jnp.einsum("lpr,lqr->lqp" if transposed else "lpr,lqr->lpq", p, x)
+def _materialized_t(x: jax.Array) -> jax.Array:
+  """``x^T`` written out; the barrier keeps XLA from folding it into a product."""
+  return lax.optimization_barrier(_t(x))
 
 
-def _rows_product(b: jax.Array, x: jax.Array) -> jax.Array:
-  """``B^T X`` for ``B`` of shape ``(L, m, n)`` and ``X`` of shape ``(L, m, r)``.
+# GEMM forms. XLA:CPU runs a product at its GEMM rate when the left operand is
+# contracted on its last axis (X Y or X Y^T in row-major terms); with the left
+# operand contracted on its leading axis (X^T Y) it was 1.7-2x slower on the
+# (1024, 4096) leaves of the benchmark. So P is carried in its rows form
+# P^T (L, r, p), small factors are transposed explicitly, and every large
+# product below has that fast form; no full matrix is ever transposed.
 
-  Computed as ``X^T B`` (shape ``(L, r, n)``, a GEMM at full rate) and then
-  transposed; the optimization barrier keeps XLA from folding the transpose
-  back into the product's layout, which brings back the slow GEMM.
+
+def _basis_rows(b: jax.Array, q: jax.Array, transposed: bool) -> jax.Array:
+  """``P^T = (B Q)^T`` (shape ``(L, r, p)``) from ``B`` or, when ``transposed``, ``B^T``."""
+  return jnp.einsum("lrq,lqp->lrp" if transposed else "lrq,lpq->lrp", _t(q), b)
+
+
+def _right_factor(b: jax.Array, pt: jax.Array, transposed: bool) -> jax.Array:
+  """``R = B^T P`` (shape ``(L, q, r)``) from ``P^T``."""
+  if transposed:  # b = B^T: R = B^T P = b (P^T)^T
+    return jnp.einsum("lqp,lrp->lqr", b, pt)
+  # R^T = P^T B, transposed afterwards (small); the barrier keeps the product's layout.
+  return _t(lax.optimization_barrier(jnp.einsum("lrp,lpq->lrq", pt, b)))
+
+
+def _outer(pt: jax.Array, p: jax.Array, x: jax.Array, transposed: bool) -> jax.Array:
+  """``P X^T`` (shape ``(L, p, q)``), or its transpose ``X P^T`` when ``transposed``.
+
+  ``pt`` is ``P^T`` and ``p`` the row-major ``P`` (only read when not ``transposed``).
   """
-  return jnp.swapaxes(lax.optimization_barrier(jnp.einsum("lmr,lmn->lrn", x, b)), -1, -2)
+  if transposed:
+    return jnp.einsum("lqr,lrp->lqp", x, pt)
+  return jnp.einsum("lpr,lqr->lpq", p, x)
 
 
 class DionStep(NamedTuple):
   """Result of `power_step` on oriented ``(L, p, q)`` matrices."""
   p: jax.Array  # (L, p, r) orthonormal columns (0 where B = 0)
+  pt: jax.Array  # (L, r, p) the same, rows form
   r: jax.Array  # (L, q, r) B^T P (the old Q where B = 0)
   momentum: jax.Array  # (L, p, q) B - (1 - mu) P R^T
   q: jax.Array  # (L, q, r) column-normalised R
@@ -332,27 +362,21 @@ def power_step(b: jax.Array, q: jax.Array, key: jax.Array, *, mu: Any = 0.95, ep
   sync = (lambda x: lax.pmean(x, data_axis)) if data_axis else (lambda x: x)
   full = layout.stored if transposed else layout.full
   basis = q
-  # Of the two products, the one over B's row axis (B^T Q when transposed, else
-  # B^T P) is taken as (x^T B)^T: XLA:CPU runs a GEMM whose result is
-  # (rows x r) with the contraction on the operand's row axis 5-10x below its
-  # normal rate, so that product is formed as (r x cols) and only the small
-  # result is transposed (see `_rows_product`).
-  mult_p = _rows_product if transposed else _cols_product
-  mult_q = _cols_product if transposed else _rows_product
   for i in range(power_iters):
-    p = sync(layout.tall(mult_p(b, basis)))
-    p = orth.orthonormalize(p, qr_method, key=jax.random.fold_in(key, i), oversample=oversample,
-                            small=layout.small, tall=layout.tall, sketch=layout.sketch)
-    basis = sync(layout.qside(mult_q(b, p)))
+    pt = sync(layout.wide(_basis_rows(b, basis, transposed)))
+    pt = orth.orthonormalize_rows(pt, qr_method, key=jax.random.fold_in(key, i),
+                                  oversample=oversample, **layout.constraints())
+    basis = sync(layout.qside(_right_factor(b, pt, transposed)))
   if zero is None:  # per matrix: B = 0 (the caller may know it already)
     zero = jnp.all(b == 0, axis=(-2, -1))
   if data_axis:
     zero = lax.pmin(zero.astype(jnp.int32), data_axis).astype(bool)
-  p = jnp.where(zero[:, None, None], 0.0, p)
+  pt = jnp.where(zero[:, None, None], 0.0, pt)
+  p = layout.tall(_t(pt) if transposed else _materialized_t(pt))
   r = jnp.where(zero[:, None, None], q, basis)
-  new_m = full(b - (1.0 - mu) * _outer(p, r, transposed))
+  new_m = full(b - (1.0 - mu) * _outer(pt, p, r, transposed))
   new_q = layout.qside(_column_normalize(r, eps))
-  return DionStep(p, r, new_m, new_q, full(_outer(p, new_q, transposed)))
+  return DionStep(p, pt, r, new_m, new_q, full(_outer(pt, p, new_q, transposed)))
 
 
 def _zero_after(x: jax.Array) -> jax.Array:
@@ -404,7 +428,7 @@ def _dion_leaf(plan: LeafPlan, layout: _Layout, grad: jax.Array, momentum: jax.A
   out = power_step(b, q_old, key, layout=layout, data_axis=data_axis if compressed else None,
                    transposed=plan.p_last, zero=peak == 0, **step_kw)
   update = layout.stored(jnp.where(keep, plan.scale * out.direction, 0.0))
-  feedback = layout.stored(_outer(out.p, out.r, plan.p_last)).reshape(momentum.shape)
+  feedback = layout.stored(_outer(out.pt, out.p, out.r, plan.p_last)).reshape(momentum.shape)
   new_m = jnp.where(keep_m, b_param - (1.0 - step_kw["mu"]) * feedback, b_param)
   new_q = layout.qside(jnp.where(keep, out.q, q_old))
   return (update.reshape(grad.shape),

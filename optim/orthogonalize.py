@@ -40,6 +40,13 @@ with degenerate directions dropped, which is finite for any input. The guard
 runs under `lax.cond`, so it costs nothing when not needed.
 
 Everything runs in float32, or in float64 for float64 input.
+
+Layout: the work is done on the *rows* form ``P^T`` (shape ``(..., r, p)``,
+`orthonormalize_rows`), which `orthonormalize` wraps for a tall ``P``. In row-major
+``P^T`` every large product is one XLA:CPU runs at its GEMM rate (``P^T X`` and
+``P^T P^{T\top}``, no contraction over the leading axis of a large operand), and
+``P^T`` in row-major order is ``P`` in LAPACK's column-major order, so the
+triangular solves and the Householder QR take it without a transposing copy.
 """
 
 from __future__ import annotations
@@ -74,6 +81,9 @@ def per_matrix(fn: Callable[..., Any], *xs: jax.Array) -> Any:
   batch = xs[0].shape[:-2]
   if not batch or jax.default_backend() != "cpu":
     return fn(*xs)
+  if math.prod(batch) == 1:  # one matrix: no loop (its dynamic slices copy the operands)
+    out = fn(*(x.reshape(x.shape[-2:]) for x in xs))
+    return jax.tree.map(lambda o: o.reshape(batch + o.shape), out)
   flat = tuple(x.reshape((-1,) + x.shape[-2:]) for x in xs)
   out = lax.map(lambda args: fn(*args), flat)
   return jax.tree.map(lambda o: o.reshape(batch + o.shape[1:]), out)
@@ -105,8 +115,13 @@ def gaussian_sketch(key: jax.Array, shape: tuple[int, ...], dtype: Any) -> jax.A
   return (math.sqrt(2.0) * lax.erf_inv(u)).astype(dtype)
 
 
-def _gram(p: jax.Array) -> jax.Array:
-  return jnp.einsum("...pr,...ps->...rs", p, p)
+def _t(x: jax.Array) -> jax.Array:
+  return jnp.swapaxes(x, -1, -2)
+
+
+def _gram_rows(pt: jax.Array) -> jax.Array:
+  """``P^T P`` from the rows form ``pt = P^T``: ``pt pt^T`` (shape ``(..., r, r)``)."""
+  return jnp.einsum("...rp,...sp->...rs", pt, pt)
 
 
 def cholesky_upper(a: jax.Array) -> jax.Array:
@@ -115,12 +130,28 @@ def cholesky_upper(a: jax.Array) -> jax.Array:
   `jnp.linalg.cholesky` returns the *lower* factor ``L = U^T``; using ``L`` as
   if it were upper is a known pitfall of earlier ports.
   """
-  return jnp.swapaxes(per_matrix(jnp.linalg.cholesky, a), -1, -2)
+  return _t(per_matrix(jnp.linalg.cholesky, a))
 
 
 def _upper_inverse(u: jax.Array) -> jax.Array:
   eye = jnp.broadcast_to(jnp.eye(u.shape[-1], dtype=u.dtype), u.shape)
   return per_matrix(lambda a, b: jax.scipy.linalg.solve_triangular(a, b, lower=False), u, eye)
+
+
+def _solve_rows(pt: jax.Array, u: jax.Array, wide: Constrain | None,
+                small: Constrain) -> jax.Array:
+  """Rows form of ``P U^{-1}`` (upper-triangular ``U``): ``U^{-T} P^T``.
+
+  Unsharded (``wide`` is None) a triangular solve, ``p r^2`` FLOPs, on ``P``
+  in column-major order, which is ``pt`` as it is. Sharded, ``U^{-T}`` (a
+  replicated ``r x r`` matrix) times ``pt``, ``2 p r^2`` FLOPs: that product
+  partitions along ``p`` without communication, which GSPMD does not promise
+  for a triangular solve.
+  """
+  if wide is None:
+    solve = lambda a, b: lax.linalg.triangular_solve(b, a, left_side=False, lower=False)
+    return _t(per_matrix(solve, _t(pt), u))
+  return wide(small(_t(_upper_inverse(u))) @ pt)
 
 
 def _finite(x: jax.Array) -> jax.Array:
@@ -130,6 +161,78 @@ def _finite(x: jax.Array) -> jax.Array:
 
 def _select(flag: jax.Array, a: jax.Array, b: jax.Array) -> jax.Array:
   return jnp.where(flag[..., None, None], a, b)
+
+
+def _cholesky_qr_rows(pt, small, wide):
+  u = cholesky_upper(small(_gram_rows(pt)))
+  out = _solve_rows(pt, u, wide, small)
+  return out, _finite(out)
+
+
+def _cholesky_qr2_rows(pt, small, wide):
+  u = cholesky_upper(small(_gram_rows(pt)))
+  diag = jnp.abs(jnp.diagonal(u, axis1=-2, axis2=-1))
+  limit = 1.0 / (8.0 * math.sqrt(float(jnp.finfo(pt.dtype).eps)))
+  conditioned = jnp.max(diag, axis=-1) <= limit * jnp.min(diag, axis=-1)
+  p1 = _solve_rows(pt, u, wide, small)
+  out, ok = _cholesky_qr_rows(p1, small, wide)
+  return out, ok & conditioned & _finite(p1)
+
+
+def _rcqr_sketch_factor(pt, key, oversample, small, sketch):
+  """``R_s``, the triangular factor of ``QR(S P)``, from the rows form ``pt``."""
+  k = sketch_size(pt.shape[-2], oversample)
+  # The sketch is drawn transposed, (p, k): S P is then (P^T S^T)^T, a plain
+  # GEMM whose (r, k) result is S P in the column-major order QR takes.
+  st = sketch(gaussian_sketch(key, pt.shape[:-2] + (pt.shape[-1], k), pt.dtype))
+  spt = small(pt @ st) / jnp.sqrt(jnp.asarray(k, pt.dtype))
+  return per_matrix(lambda a: jnp.linalg.qr(a, mode="r"), _t(spt))
+
+
+def _rcqr_factors(pt, key, oversample, small, wide, sketch):
+  """``(R_s, P R_s^{-1}, U)`` of RCQR in rows form (``U``: upper Cholesky factor of the Gram)."""
+  r_s = _rcqr_sketch_factor(pt, key, oversample, small, sketch)
+  p1 = _solve_rows(pt, r_s, wide, small)
+  return r_s, p1, cholesky_upper(small(_gram_rows(p1)))
+
+
+def _randomized_cholesky_qr_rows(pt, key, oversample, small, wide, sketch):
+  """Guarded RCQR in rows form.
+
+  Where the result of a matrix is not finite (a factor failed), the best
+  finite start (the sketched ``P R_s^{-1}``, else ``P``) is orthonormalised by
+  `_gram_eigh_rows`. That repair runs under `lax.cond` and is *selected* into
+  the result, so the common path keeps its buffers and layouts: the
+  conditional returns zeros when nothing failed.
+  """
+  r_s, p1, u = _rcqr_factors(pt, key, oversample, small, wide, sketch)
+  out = _solve_rows(p1, u, wide, small)
+  ok = _finite(out)
+
+  def repair():
+    start = _solve_rows(pt, r_s, wide, small)  # formed again: p1 was overwritten
+    start = _select(_finite(start), start, pt)
+    return _gram_eigh_rows(start, small, wide)
+
+  fix = lax.cond(jnp.all(ok), lambda: jnp.zeros_like(out), repair)
+  return _select(ok, out, fix)
+
+
+def _gram_eigh_rows(pt, small, wide):
+  gram = small(_gram_rows(pt))
+  w, v = per_matrix(jnp.linalg.eigh, gram)
+  tol = pt.shape[-2] * jnp.finfo(pt.dtype).eps * jnp.max(w, axis=-1, keepdims=True)
+  keep = w > tol
+  inv_sqrt = jnp.where(keep, lax.rsqrt(jnp.where(keep, w, 1.0)), 0.0)
+  # P V diag(w)^-1/2 V^T in rows form: the r x r factor is symmetric.
+  return (wide or _identity)(small((v * inv_sqrt[..., None, :]) @ _t(v)) @ pt)
+
+
+def _rows_constraints(small, tall, sketch):
+  """Tall-form constraints of the public wrappers, as rows-form ones."""
+  wide = None if tall is _identity else (lambda x: _t(tall(_t(x))))
+  st = sketch if sketch is _identity else (lambda x: _t(sketch(_t(x))))
+  return small, wide, st
 
 
 def cholesky_qr(p: jax.Array, *, small: Constrain = _identity,
@@ -148,9 +251,9 @@ def cholesky_qr(p: jax.Array, *, small: Constrain = _identity,
     ``(p_new, ok)``: the orthonormalised matrix and a per-matrix flag that the
     factorisation succeeded (where it failed ``p_new`` holds NaN).
   """
-  u = cholesky_upper(small(_gram(p)))
-  out = tall(p @ small(_upper_inverse(u)))
-  return out, _finite(out)
+  small, wide, _ = _rows_constraints(small, tall, _identity)
+  out, ok = _cholesky_qr_rows(_t(p), small, wide)
+  return _t(out), ok
 
 
 def cholesky_qr2(p: jax.Array, *, small: Constrain = _identity,
@@ -171,13 +274,9 @@ def cholesky_qr2(p: jax.Array, *, small: Constrain = _identity,
     ``cond(P)``) exceeds ``1 / (8 sqrt(eps))``, beyond which the first pass may be
     too inaccurate for the second to repair.
   """
-  u = cholesky_upper(small(_gram(p)))
-  diag = jnp.abs(jnp.diagonal(u, axis1=-2, axis2=-1))
-  limit = 1.0 / (8.0 * math.sqrt(float(jnp.finfo(p.dtype).eps)))
-  conditioned = jnp.max(diag, axis=-1) <= limit * jnp.min(diag, axis=-1)
-  p1 = tall(p @ small(_upper_inverse(u)))
-  out, ok = cholesky_qr(p1, small=small, tall=tall)
-  return out, ok & conditioned & _finite(p1)
+  small, wide, _ = _rows_constraints(small, tall, _identity)
+  out, ok = _cholesky_qr2_rows(_t(p), small, wide)
+  return _t(out), ok
 
 
 def randomized_cholesky_qr(p: jax.Array, key: jax.Array, oversample: float, *,
@@ -200,14 +299,11 @@ def randomized_cholesky_qr(p: jax.Array, key: jax.Array, oversample: float, *,
   Returns:
     ``(p_orth, p_sketched)``: the result of both passes (NaN where a
     factorisation failed) and the well-conditioned but only roughly orthonormal
-    ``P R_s^{-1}`` of the first pass (for the caller's guard).
+    ``P R_s^{-1}`` of the first pass.
   """
-  k = sketch_size(p.shape[-1], oversample)
-  s = sketch(gaussian_sketch(key, p.shape[:-2] + (k, p.shape[-2]), p.dtype))
-  sp = small(s @ p) / jnp.sqrt(jnp.asarray(k, p.dtype))
-  r_s = per_matrix(lambda a: jnp.linalg.qr(a, mode="r"), sp)
-  p1 = tall(p @ small(_upper_inverse(r_s)))
-  return cholesky_qr(p1, small=small, tall=tall)[0], p1
+  small, wide, st = _rows_constraints(small, tall, sketch)
+  _, p1, u = _rcqr_factors(_t(p), key, oversample, small, wide, st)
+  return _t(_solve_rows(p1, u, wide, small)), _t(p1)
 
 
 def gram_eigh_orthonormalize(p: jax.Array, *, small: Constrain = _identity,
@@ -218,12 +314,44 @@ def gram_eigh_orthonormalize(p: jax.Array, *, small: Constrain = _identity,
   become 0), so the result is finite for rank-deficient or zero ``p``. Used as
   the last-resort guard only.
   """
-  gram = small(_gram(p))
-  w, v = per_matrix(jnp.linalg.eigh, gram)
-  tol = p.shape[-1] * jnp.finfo(p.dtype).eps * jnp.max(w, axis=-1, keepdims=True)
-  keep = w > tol
-  inv_sqrt = jnp.where(keep, lax.rsqrt(jnp.where(keep, w, 1.0)), 0.0)
-  return tall(p @ small((v * inv_sqrt[..., None, :]) @ jnp.swapaxes(v, -1, -2)))
+  small, wide, _ = _rows_constraints(small, tall, _identity)
+  return _t(_gram_eigh_rows(_t(p), small, wide))
+
+
+def _check_method(method, key):
+  if method not in QR_METHODS:
+    raise ValueError(f"qr_method must be one of {QR_METHODS}, got {method!r}.")
+  if method != "qr" and key is None:
+    raise ValueError(f"qr_method={method!r} needs a PRNG key for its random sketch.")
+
+
+def orthonormalize_rows(pt: jax.Array, method: str = "rcqr", *, key: jax.Array | None = None,
+                        oversample: float = 1.25, small: Constrain = _identity,
+                        wide: Constrain | None = None,
+                        sketch: Constrain = _identity) -> jax.Array:
+  """`orthonormalize` on the rows form: ``pt = P^T`` in, ``Q^T`` out (shape ``(..., r, p)``).
+
+  Args:
+    pt: ``(..., r, p)`` matrix, the transpose of the tall ``P``.
+    method, key, oversample: as in `orthonormalize`.
+    small: sharding constraint for ``r x r`` and ``r x k`` matrices.
+    wide: sharding constraint for matrices shaped like ``pt``; None when
+      unsharded (then the triangular factors are applied by triangular solves).
+    sketch: sharding constraint for the ``(..., p, k)`` transposed sketch.
+  """
+  _check_method(method, key)
+  pt = pt.astype(jnp.float64 if pt.dtype == jnp.float64 else jnp.float32)
+  rcqr = lambda: _randomized_cholesky_qr_rows(pt, key, oversample, small, wide, sketch)
+  if method == "rcqr" and pt.shape[-1] > pt.shape[-2]:
+    return rcqr()
+  if method == "cqr" and pt.shape[-1] > pt.shape[-2]:
+    out, ok = _cholesky_qr2_rows(pt, small, wide)
+    return lax.cond(jnp.all(ok), lambda: out, lambda: _select(ok, out, rcqr()))
+  out = (wide or _identity)(_t(per_matrix(lambda a: jnp.linalg.qr(a, mode="reduced")[0], _t(pt))))
+  # Householder QR of finite input is finite; the guard is for non-finite input.
+  return lax.cond(jnp.all(jnp.isfinite(out)), lambda: out,
+                  lambda: _select(_finite(out), out, _gram_eigh_rows(
+                      _select(_finite(pt), pt, jnp.zeros_like(pt)), small, wide)))
 
 
 def orthonormalize(p: jax.Array, method: str = "rcqr", *, key: jax.Array | None = None,
@@ -237,7 +365,8 @@ def orthonormalize(p: jax.Array, method: str = "rcqr", *, key: jax.Array | None 
       whenever ``p <= r``, as in the reference.
     key: PRNG key for the RCQR sketch (also used by the CQR fallback).
     oversample: RCQR oversampling (static Python float).
-    small, tall, sketch: sharding constraints (identity when unsharded).
+    small, tall, sketch: sharding constraints (identity when unsharded); the
+      sketch is ``(..., k, p)``.
 
   Returns:
     ``(..., p, r)`` matrix with ``P^T P ~ I`` (columns of degenerate directions
@@ -246,25 +375,7 @@ def orthonormalize(p: jax.Array, method: str = "rcqr", *, key: jax.Array | None 
   Raises:
     ValueError: unknown ``method`` or a missing ``key`` for the randomized method.
   """
-  if method not in QR_METHODS:
-    raise ValueError(f"qr_method must be one of {QR_METHODS}, got {method!r}.")
-  if method != "qr" and key is None:
-    raise ValueError(f"qr_method={method!r} needs a PRNG key for its random sketch.")
-  p = p.astype(jnp.float64 if p.dtype == jnp.float64 else jnp.float32)
-  rcqr = lambda: randomized_cholesky_qr(p, key, oversample, small=small, tall=tall, sketch=sketch)
-  if method == "qr" or p.shape[-2] <= p.shape[-1]:
-    out, start = tall(per_matrix(lambda a: jnp.linalg.qr(a, mode="reduced")[0], p)), p
-  elif method == "cqr":
-    out, ok = cholesky_qr2(p, small=small, tall=tall)
-    out, start = lax.cond(jnp.all(ok), lambda: (out, p), lambda: _merge(ok, out, *rcqr()))
-  else:
-    out, start = rcqr()
-  # Guard: where a factorisation failed, orthonormalise the best finite start.
-  start = _select(_finite(start), start, p)
-  return lax.cond(jnp.all(jnp.isfinite(out)), lambda: out,
-                  lambda: _select(_finite(out), out,
-                                  gram_eigh_orthonormalize(start, small=small, tall=tall)))
-
-
-def _merge(ok, out, fallback, start):
-  return _select(ok, out, fallback), start
+  _check_method(method, key)
+  small, wide, st = _rows_constraints(small, tall, sketch)
+  return _t(orthonormalize_rows(_t(p), method, key=key, oversample=oversample, small=small,
+                                wide=wide, sketch=st))
