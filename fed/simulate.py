@@ -205,7 +205,15 @@ def local_train(loss_fn: LossFn, merge: MergeFn, phases: Sequence[Phase], u, v, 
       state, loss, active = phase_step(loss_fn, merge, phase, state, centre, frozen, x[i], y[i],
                                        mask[i], lr_scale)
       return state, (loss, active)
-    state, (losses, active) = jax.lax.scan(body, state, jnp.arange(epochs * num))
+    # The first step runs outside the scan: under a vmap over clients the starting
+    # blocks are then still shared (unbatched), so its forward products take every
+    # client of the chunk in one larger GEMM and no per-client copy of them is made.
+    if epochs * num > 0:
+      state, first = body(state, jnp.zeros((), jnp.int32))
+      state, rest = jax.lax.scan(body, state, jnp.arange(1, epochs * num))
+      losses, active = jax.tree.map(lambda a, b: jnp.concatenate([a[None], b]), first, rest)
+    else:
+      state, (losses, active) = jax.lax.scan(body, state, jnp.arange(0))
     u, v = state.u, state.v
     metrics[f"loss_{k}"] = masked_mean(losses, active)
     metrics[f"steps_{k}"] = state.steps

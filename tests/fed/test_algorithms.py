@@ -1,6 +1,7 @@
 """FedAvg / FedSim / FedAlt: golden numbers, executor parity, sharding, invariants, resume."""
 
 import jax
+import jax.extend.core
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -206,6 +207,34 @@ def test_masked_steps_leave_state_unchanged_and_step_caps_hold():
   _, v_one, _ = sim.local_train(loss_fn, part.merge, [sim.Phase("personal", optax.sgd(0.3))], u, v,
                                 frozen, x, y, one)
   assert int(m["steps_0"]) == 1 and _max_diff(v_cap, v_one) < 1e-7
+
+
+def test_first_local_step_keeps_the_broadcast_params_shared_under_vmap():
+  """Under a vmap over clients the first local step's forward product reads the shared
+  (unbatched) server weights: every client of a chunk goes through one larger GEMM."""
+  params, loss_fn, _, part = _model("none")
+  u, v, frozen = part.split(params)
+  data = _data()
+  phases = alg.phases("fedavg", optax.sgd(0.1))
+
+  def clients(x, y, mask):
+    return sim.local_train(loss_fn, part.merge, phases, u, v, frozen, x, y, mask)[0]
+  jaxpr = jax.make_jaxpr(jax.vmap(clients))(data.x[:2], data.y[:2], data.mask[:2])
+  shapes = [tuple(x.aval.shape) for eqn in _eqns(jaxpr.jaxpr) if eqn.primitive.name == "dot_general"
+            for x in eqn.invars]
+  assert (D, 16) in shapes, shapes  # the shared first-layer weights, not a (2, D, 16) stack
+  u1 = jax.vmap(clients)(data.x[:2], data.y[:2], data.mask[:2])
+  for c in range(2):
+    one = sim.local_train(loss_fn, part.merge, phases, u, v, frozen, data.x[c], data.y[c],
+                          data.mask[c])[0]
+    assert _max_diff(jax.tree.map(lambda a: a[c], u1), one) < 1e-6
+
+
+def _eqns(jaxpr):
+  for eqn in jaxpr.eqns:
+    yield eqn
+    for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+      yield from _eqns(sub)
 
 
 # ---------------------------------------------------------------------------
