@@ -97,6 +97,21 @@ def test_gaussian_sketch_is_standard_normal_and_keyed():
   assert np.all(np.isfinite(s))
 
 
+def test_gaussian_sketch_draws_one_32_bit_word_per_two_samples():
+  """Each generator word gives two 16-bit samples: the generator runs for half the entries."""
+  hlo = jax.jit(lambda k: orth.gaussian_sketch(k, (256, 384), jnp.float32)).lower(
+      jax.random.key(0)).as_text()
+  shapes = re.findall(r"stablehlo.rng_bit_generator.*?-> \(tensor<[^>]*>, tensor<([0-9x]+)xui32>\)",
+                      hlo)
+  assert shapes == ["256x192"], shapes
+  s = np.asarray(orth.gaussian_sketch(jax.random.key(1), (64, 512), jnp.float32))
+  hi, lo = s[:, :256].ravel(), s[:, 256:].ravel()  # a word's two halves: independent samples
+  assert abs(np.corrcoef(hi, lo)[0, 1]) < 0.03 and abs(np.corrcoef(hi, np.abs(lo))[0, 1]) < 0.03
+  assert np.unique(s).size > 20000  # 16-bit resolution: most of 32768 samples are distinct
+  with pytest.raises(ValueError, match="even last dimension"):
+    orth.gaussian_sketch(jax.random.key(0), (4, 7), jnp.float32)
+
+
 def test_unsharded_rcqr_applies_its_triangular_factors_by_solves():
   # P R_s^{-1} and P_1 U^{-1} as triangular solves (p r^2 FLOPs each), not as
   # products with explicit inverses (2 p r^2): 60 vs 150 ms per (4096 x 1024)
