@@ -36,6 +36,32 @@ def best_seconds(fn: Callable[[], object], *, repeats: int = 7, warmup: int = 2)
   return min(_times(fn, repeats, warmup))
 
 
+def op_microseconds(fn: Callable[[], object]) -> dict[str, float]:
+  """Microseconds per XLA op name over one call of ``fn()`` (a `jax.profiler` trace of it;
+  ``fn`` should be warm). Container events (while loops, calls, thunk executors, Python) are left
+  out, so the values add up to the time spent in leaf ops."""
+  import collections  # pylint: disable=g-import-not-at-top
+  import glob  # pylint: disable=g-import-not-at-top
+  import gzip  # pylint: disable=g-import-not-at-top
+  import tempfile  # pylint: disable=g-import-not-at-top
+  with tempfile.TemporaryDirectory() as d:
+    jax.profiler.start_trace(d, create_perfetto_trace=True)
+    jax.block_until_ready(fn())
+    jax.profiler.stop_trace()
+    trace = json.load(gzip.open(glob.glob(f"{d}/**/*.trace.json.gz", recursive=True)[0]))
+  total = collections.Counter()
+  nested = ("$", "ThunkExecutor", "while", "conditional", "call", "end: ")
+  for e in trace["traceEvents"]:
+    if e.get("ph") == "X" and not e["name"].startswith(nested):
+      total[e["name"]] += e.get("dur", 0)
+  return dict(total.most_common())
+
+
+def is_matmul_op(name: str) -> bool:
+  """An XLA:CPU op name that is a matrix product (an Eigen dot or a YNNPACK dot fusion)."""
+  return "dot" in name or "ynn" in name
+
+
 def cpu_name() -> str:
   """The CPU's model name from ``/proc/cpuinfo``, with its widest vector extension.
 

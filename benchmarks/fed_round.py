@@ -30,6 +30,7 @@ gradient of the output layer) at the GEMM rate measured in the same process
 (a (1024 x 784) @ (784 x 256) product, best of 20).
 
     python benchmarks/run.py fed_round
+    python benchmarks/fed_round.py --profile   # one round by XLA op (run it pinned, 1 thread)
 """
 
 from __future__ import annotations
@@ -149,6 +150,39 @@ def measure_ours(sampled=SAMPLED, chunks=CHUNKS, repeats: int = 5) -> dict:
   return out
 
 
+def profile(m: int = 100, chunk: int | None = None, top: int = 8) -> dict:
+  """Where one round of ``m`` clients goes, by XLA op: matmul op time against the FLOP floor.
+
+  Run it pinned and single-threaded like the benchmark, e.g. ``taskset -c 0 env
+  OMP_NUM_THREADS=1 XLA_FLAGS="--xla_cpu_multi_thread_eigen=false
+  intra_op_parallelism_threads=1" python benchmarks/fed_round.py --profile``.
+  """
+  import common_timing  # pylint: disable=g-import-not-at-top
+  data, params = _problem()
+  data = sim.ClientData(*(jnp.asarray(a) for a in data))
+  part = pz.Partition(params, pz.label_params(params, "none"))
+  algo = alg.FedAlgorithm(_loss, part, alg.phases("fedavg", optax.sgd(0.1)),
+                          alg.server_optimizer("sgd", 1.0), clients_per_round=m, chunk_size=chunk)
+  state = algo.init(params, NUM_CLIENTS, jax.random.key(0))
+  fn = lambda: algo.round(state, data)[0].shared
+  for _ in range(2):
+    jax.block_until_ready(fn())
+  seconds = statistics.median(_seconds(fn) for _ in range(5))
+  ops = common_timing.op_microseconds(fn)
+  rate = gemm_rate()
+  matmul = sum(v for k, v in ops.items() if common_timing.is_matmul_op(k)) / 1e6
+  floor = m * flops_per_client() / rate
+  out = {"clients": m, "round s": round(seconds, 4), "floor s": round(floor, 4),
+         "round / floor": round(seconds / floor, 2), "GEMM GFLOP/s": round(rate / 1e9, 1),
+         "matmul op s": round(matmul, 4),
+         "matmul GFLOP/s": round(m * flops_per_client() / matmul / 1e9, 1),
+         "other op s": round(sum(ops.values()) / 1e6 - matmul, 4)}
+  print(json.dumps(out))
+  for name, us in list(ops.items())[:top]:
+    print(f"{us / 1e3:8.2f} ms  {name}")
+  return out
+
+
 def _pinned(cmd: list[str]) -> list[str]:
   return (["taskset", "-c", "0"] if shutil.which("taskset") else []) + cmd
 
@@ -208,7 +242,9 @@ def run(sampled=SAMPLED, repeats: int = 5, passes: int = 2) -> dict:
 
 
 if __name__ == "__main__":
-  if "--json" in sys.argv:
+  if "--profile" in sys.argv:
+    profile()
+  elif "--json" in sys.argv:
     reps = int(sys.argv[sys.argv.index("--json") + 1]) if len(sys.argv) > sys.argv.index("--json") + 1 else 5
     print(json.dumps(measure_ours(repeats=reps)))
   else:

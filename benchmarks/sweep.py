@@ -28,6 +28,8 @@ import numpy as np
 import optax
 
 sys.path.insert(0, __file__.rsplit("/", 2)[0])
+sys.path.insert(0, __file__.rsplit("/", 1)[0])
+import common_timing  # noqa: E402
 from paperlab import sweep  # noqa: E402
 
 # (name, sizes, batch, steps, members)
@@ -149,28 +151,16 @@ def measure(name, sizes, batch, steps, members, chunks=(), repeats=5) -> list[di
 def profile(case, top=12) -> list[tuple[str, float]]:
   """Share of the engine's op time per XLA op (a profiler trace of one warm call of ``case``)."""
   import collections  # pylint: disable=g-import-not-at-top
-  import glob  # pylint: disable=g-import-not-at-top
-  import gzip  # pylint: disable=g-import-not-at-top
-  import tempfile  # pylint: disable=g-import-not-at-top
   _, calls = _setup(*case)
   calls[None]()
-  with tempfile.TemporaryDirectory() as d:
-    jax.profiler.start_trace(d, create_perfetto_trace=True)
-    calls[None]()
-    jax.profiler.stop_trace()
-    trace = json.load(gzip.open(glob.glob(f"{d}/**/*.trace.json.gz", recursive=True)[0]))
-  total = collections.Counter()
-  nested = ("$", "ThunkExecutor", "while", "conditional", "call", "end: ")  # containers, Python
-  for e in trace["traceEvents"]:
-    if e.get("ph") == "X" and not e["name"].startswith(nested):
-      total[e["name"]] += e.get("dur", 0)
+  total = common_timing.op_microseconds(calls[None])
   whole = sum(total.values()) or 1
-  out = [(k, v / whole) for k, v in total.most_common(top)]
+  out = [(k, v / whole) for k, v in list(total.items())[:top]]
   for k, share in out:
     print(f"{share * 100:5.1f}%  {k}")
   groups = collections.Counter()
   for k, v in total.items():
-    kind = ("matmuls (dot, ynn fusions)" if "dot" in k or "ynn" in k else
+    kind = ("matmuls (dot, ynn fusions)" if common_timing.is_matmul_op(k) else
             "transposes and copies" if "transpose" in k or "copy" in k else "other fusions and ops")
     groups[kind] += v / whole
   for kind, share in groups.most_common():

@@ -79,3 +79,49 @@ def test_gpu_check_smoke_mode_runs_every_section(tmp_path):
                for r in sec["rows"]), sec["rows"]
   md = (tmp_path / "gpu_results_smoke.md").read_text()
   assert result["device"] in md and "## dion" in md
+
+
+_BENCH_REF = re.compile(r"benchmarks/(?:run\.py (\w+)|(\w+)\.py)")
+_DECIMAL = re.compile(r"(?<![\w./])(\d+\.\d+)x?(?![\w./])")
+
+
+def _numbers(value, out: set[str]) -> set[str]:
+  """Every number in a results.json entry, as text at 1, 2, 3 and 4 decimals."""
+  if isinstance(value, dict):
+    for v in value.values():
+      _numbers(v, out)
+  elif isinstance(value, list):
+    for v in value:
+      _numbers(v, out)
+  elif isinstance(value, (int, float)) and not isinstance(value, bool):
+    out.update(f"{float(value):.{d}f}" for d in range(1, 5))
+  elif isinstance(value, str):
+    for num in re.findall(r"\d+\.\d+", value):
+      out.update(f"{float(num):.{d}f}" for d in range(1, 5) if d <= len(num.split(".")[1]))
+  return out
+
+
+def test_every_readme_number_next_to_a_benchmark_is_in_its_results():
+  """A README paragraph (or table row) that names a benchmark quotes only numbers of its table
+  (its rows, notes or provenance); a number after ``<=`` / ``>=`` is a goal, not a result."""
+  results = json.loads((ROOT / "benchmarks" / "results.json").read_text())
+  text = (ROOT / "README.md").read_text()
+  blocks = [b for para in re.split(r"\n\s*\n", text)
+            for b in (para.splitlines() if para.lstrip().startswith("|") else [para])]
+  offenders = []
+  for block in blocks:
+    names = {a or b for a, b in _BENCH_REF.findall(block)} - {"run", "gpu"}
+    if not names:
+      continue
+    missing = [n for n in names if n not in results]
+    assert not missing, f"README cites benchmarks without results: {missing}"
+    known = set()
+    for n in names:
+      _numbers(results[n]["rows"], known)
+      _numbers(results[n].get("notes", ""), known)
+      _numbers(results[n].get("provenance", {}), known)
+    for match in _DECIMAL.finditer(block):
+      num = match[1]
+      if num not in known and not block[:match.start()].rstrip().endswith(("<=", ">=")):  # goals
+        offenders.append(f"{num} (next to {sorted(names)}): {block.strip()[:120]}")
+  assert not offenders, "\n".join(offenders)
