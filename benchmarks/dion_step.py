@@ -12,6 +12,9 @@ threads made a 512x512 Cholesky ~50x slower on the shared 2-core machine, so
 BLAS is limited to one thread here (XLA's own thread pool is untouched).
 
 Standalone: ``python benchmarks/dion_step.py [--shape 4096,16384 --count 12 --rounds 3]``.
+``--profile 0.25`` prints where one rank-1/4 step goes, by XLA op (run it pinned and
+single-threaded: ``taskset -c 0 env OMP_NUM_THREADS=1 XLA_FLAGS="--xla_cpu_multi_thread_eigen=false
+intra_op_parallelism_threads=1" python benchmarks/dion_step.py --count 2 --profile 0.25``).
 ``--official`` instead runs `dion_official` (ours against the official
 ``DionReference`` in single-threaded, pinned, alternating processes, with
 each variant's time over its matmul floor).
@@ -31,9 +34,9 @@ from threadpoolctl import threadpool_limits
 from optim import _dion as D
 
 try:
-  from benchmarks.common_timing import machine
+  from benchmarks.common_timing import machine, op_microseconds
 except ImportError:  # run as a plain script
-  from common_timing import machine
+  from common_timing import machine, op_microseconds
 
 SHAPE = (1024, 4096)
 COUNT = 12
@@ -93,6 +96,33 @@ def run(shape: tuple[int, int] = SHAPE, count: int = COUNT, rounds: int = ROUNDS
           "notes": notes}
 
 
+def profile(fraction: float, shape: tuple[int, int] = SHAPE, count: int = 2, top: int = 24) -> dict:
+  """Op time of one warm `scale_by_dion` step (rcqr) by XLA op name; prints the largest."""
+  threadpool_limits(1, user_api="blas")
+  key = jax.random.key(0)
+  make = lambda k: {f"w{i}": 0.02 * jax.random.normal(jax.random.fold_in(k, i), shape)
+                    for i in range(count)}
+  params, grads = make(key), make(jax.random.fold_in(key, 1))
+  tx = D.scale_by_dion(fraction)
+  step = _step_fn(tx)
+  state = tx.init(params)
+  times = []
+  for _ in range(4):
+    t0 = time.process_time()
+    params, state = jax.block_until_ready(step(params, state, grads))
+    times.append(time.process_time() - t0)
+  box = [params, state]
+
+  def one():
+    box[0], box[1] = step(box[0], box[1], grads)
+    return box
+  ops = op_microseconds(one)
+  print(f"step {statistics.median(times[1:]):.4f} s (CPU); op time {sum(ops.values()) / 1e6:.4f} s")
+  for name, us in list(ops.items())[:top]:
+    print(f"{us / 1e3:8.2f} ms  {name}")
+  return ops
+
+
 if __name__ == "__main__":
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--shape", default="1024,4096", help="Flax (fan_in, fan_out)")
@@ -100,7 +130,12 @@ if __name__ == "__main__":
   parser.add_argument("--rounds", type=int, default=ROUNDS)
   parser.add_argument("--official", action="store_true",
                       help="side by side with the official DionReference (dion_official.py)")
+  parser.add_argument("--profile", type=float, default=None, metavar="FRACTION",
+                      help="print one step's op times at this rank fraction instead")
   args, rest = parser.parse_known_args()
+  if args.profile is not None:
+    profile(args.profile, tuple(int(s) for s in args.shape.split(",")), args.count)
+    raise SystemExit(0)
   if args.official:
     import dion_official  # pylint: disable=import-outside-toplevel
     dion_official.main(["--shape", args.shape, "--count", str(args.count),

@@ -106,7 +106,7 @@ def _polar(magnitude, angle):
   return magnitude * jnp.cos(angle), magnitude * jnp.sin(angle)
 
 
-def _rotate(br, bi, gr, gi, g, r, s):
+def _rotate(br, bi, gr, gi, g, r, s, finite=None):
   r"""``(r', s') = (gr g + br r - bi s, gi g + bi r + br s)``: one step of the complex buffer.
 
   With a donated state (or inside ``lax.scan``) XLA:CPU updates buffers in
@@ -125,15 +125,25 @@ def _rotate(br, bi, gr, gi, g, r, s):
   coefficients grow at most to ``2|beta|``, so rounding stays at the float
   level; at angle 0 (``bi = 0``) both forms give ``gr g + br r`` exactly.
   Otherwise (traced hyperparameters, angles near pi/2) the direct form is used.
+
+  ``finite`` (a traced bool, or None) guards the step: where it is False both
+  buffers come back unchanged. In the reordered form ``r'`` is computed from the
+  already guarded ``s'`` (equal to the unguarded one whenever ``r'`` is kept),
+  so the guard adds no dependency on an old buffer after it is overwritten and
+  both loops still run in place; selecting after the whole unguarded update made
+  XLA keep the unguarded ``s'`` alive next to the guarded one (a copy of both
+  buffers every step).
   """
+  keep = (lambda new, old: new) if finite is None else (
+      lambda new, old: jnp.where(finite, new, old))
   no_g_in_s = _is_concrete(gi) and gi == 0
   if (_is_concrete(br) and _is_concrete(bi) and _is_concrete(gr) and _is_concrete(gi)
       and br != 0 and abs(br) * math.sqrt(3) >= abs(bi)):
-    s_new = bi * r + br * s if no_g_in_s else bi * r + br * s + gi * g
-    r_new = (gr + bi * gi / br) * g + (br + bi * bi / br) * r - (bi / br) * s_new
+    s_new = keep(bi * r + br * s if no_g_in_s else bi * r + br * s + gi * g, s)
+    r_new = keep((gr + bi * gi / br) * g + (br + bi * bi / br) * r - (bi / br) * s_new, r)
     return r_new, s_new
-  r_new = gr * g + (br * r - bi * s)
-  s_new = bi * r + br * s if no_g_in_s else (bi * r + br * s) + gi * g
+  r_new = keep(gr * g + (br * r - bi * s), r)
+  s_new = keep(bi * r + br * s if no_g_in_s else (bi * r + br * s) + gi * g, s)
   return r_new, s_new
 
 
@@ -156,11 +166,6 @@ def _zero_counts(params):
 def _finite(updates):
   """Per-leaf flag: every entry of the gradient leaf is finite."""
   return jax.tree.map(lambda g: jnp.all(jnp.isfinite(g)), updates)
-
-
-def _keep(finite, new, old):
-  """``new`` where the leaf's gradient was finite, else ``old`` (per leaf)."""
-  return jax.tree.map(lambda f, a, b: jnp.where(f, a, b), finite, new, old)
 
 
 def _count(finite, counts):
@@ -250,12 +255,12 @@ def scale_by_complex_momentum(
       del params
       finite = _finite(updates)
       beta = jax.lax.complex(*_as_arrays(*_polar(magnitude, angle)))
-      buf = jax.tree.map(lambda g, b: beta.astype(b.dtype) * b + g,
-                         updates, state.buf)
+      buf = jax.tree.map(lambda f, g, b: jnp.where(f, beta.astype(b.dtype) * b + g, b),
+                         finite, updates, state.buf)
       out = jax.tree.map(lambda f, g, b: jnp.where(f, jnp.real(b), 0).astype(g.dtype),
                          finite, updates, buf)
       return out, ScaleByComplexBufferMomentumState(
-          _keep(finite, buf, state.buf), _count(finite, state.nonfinite_count))
+          buf, _count(finite, state.nonfinite_count))
 
     return optax.GradientTransformation(init_fn, update_fn)
 
@@ -268,15 +273,15 @@ def scale_by_complex_momentum(
     del params
     finite = _finite(updates)
     br, bi = _polar(magnitude, angle)
-    pairs = jax.tree.map(lambda g, r, s: _rotate(br, bi, 1, 0, g, r, s),
-                         updates, state.re, state.im)
+    pairs = jax.tree.map(lambda f, g, r, s: _rotate(br, bi, 1, 0, g, r, s, f),
+                         finite, updates, state.re, state.im)
     re = jax.tree.map(lambda _, p: p[0], updates, pairs)
     im = jax.tree.map(lambda _, p: p[1], updates, pairs)
     out = jax.tree.map(lambda f, g, r: jnp.where(f, r, 0).astype(g.dtype), finite, updates, re)
     re = jax.tree.map(lambda r, old: r.astype(old.dtype), re, state.re)
     im = jax.tree.map(lambda s, old: s.astype(old.dtype), im, state.im)
     return out, ScaleByComplexMomentumState(
-        re=_keep(finite, re, state.re), im=_keep(finite, im, state.im),
+        re=re, im=im,
         nonfinite_count=_count(finite, state.nonfinite_count))
 
   return optax.GradientTransformation(init_fn, update_fn)
@@ -408,15 +413,19 @@ def scale_by_complex_adam(
     if complex_buffer:
       beta = jax.lax.complex(*_as_arrays(br, bi))
       mu = jax.tree.map(
-          lambda g, b: beta.astype(b.dtype) * b + (1 - beta).astype(b.dtype) * g,
-          updates, state.mu)
+          lambda f, g, b: jnp.where(
+              f, beta.astype(b.dtype) * b + (1 - beta).astype(b.dtype) * g, b),
+          finite, updates, state.mu)
       mu_re, mu_im = jax.tree.map(jnp.real, mu), jax.tree.map(jnp.imag, mu)
     else:
-      pairs = jax.tree.map(lambda g, r, s: _rotate(br, bi, 1 - br, -bi, g, r, s),
-                           updates, state.mu_re, state.mu_im)
+      pairs = jax.tree.map(lambda f, g, r, s: _rotate(br, bi, 1 - br, -bi, g, r, s, f),
+                           finite, updates, state.mu_re, state.mu_im)
       mu_re = jax.tree.map(lambda _, p: p[0], updates, pairs)
       mu_im = jax.tree.map(lambda _, p: p[1], updates, pairs)
-    nu = optax.tree.update_moment_per_elem_norm(updates, state.nu, b2, 2)
+    # nu <- b2 nu + (1 - b2) g^2 (optax's formula), or nu itself for a skipped leaf: an
+    # elementwise select reads each old entry only to write it, so it stays one in-place loop.
+    nu = jax.tree.map(lambda f, new, v: jnp.where(f, new, v), finite,
+                      optax.tree.update_moment_per_elem_norm(updates, state.nu, b2, 2), state.nu)
     count = optax.safe_increment(state.count)
     # 1 - beta1^t = dr + i di with dr >= 1 - |beta1|^t > 0, so the real part of
     # m / (dr + i di) is (re + im k) / (dr + di k) with k = di / dr (no cancelling,
@@ -432,13 +441,13 @@ def scale_by_complex_adam(
             f, (r + s * k.astype(r.dtype)) / den.astype(r.dtype)
             / (jnp.sqrt(v + eps_root) + eps), 0).astype(g.dtype),
         finite, updates, mu_re, mu_im, nu_hat)
-    nu = _keep(finite, optax.tree.cast_like(nu, state.nu), state.nu)
+    nu = optax.tree.cast_like(nu, state.nu)
     counts = _count(finite, state.nonfinite_count)
     if complex_buffer:
-      return out, ScaleByComplexBufferAdamState(count, _keep(finite, mu, state.mu), nu, counts)
+      return out, ScaleByComplexBufferAdamState(count, mu, nu, counts)
     return out, ScaleByComplexAdamState(
-        count, _keep(finite, optax.tree.cast_like(mu_re, state.mu_re), state.mu_re),
-        _keep(finite, optax.tree.cast_like(mu_im, state.mu_im), state.mu_im), nu, counts)
+        count, optax.tree.cast_like(mu_re, state.mu_re),
+        optax.tree.cast_like(mu_im, state.mu_im), nu, counts)
 
   return optax.GradientTransformation(init_fn, update_fn)
 
