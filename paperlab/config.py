@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import gc
 import io
 import logging
 import math
@@ -224,6 +225,13 @@ def _tyro_cli(config_cls: type[C], *, default: Any, args: Sequence[str], descrip
               prog: str | None = None) -> C:
   """`tyro.cli` whose usage errors raise `ConfigError` (one line) instead of printing a box."""
   err = io.StringIO()
+  # tyro parses the config class's source (``ast.parse``) for its help text. On
+  # CPython 3.11 a garbage collection that finalises an abandoned coroutine (orbax
+  # leaves some behind after a failed checkpoint read) in the middle of that parse
+  # raises "SystemError: AST constructor recursion depth mismatch" (CPython
+  # gh-106905, fixed after 3.11.7); collecting first leaves no such garbage for
+  # the parse to meet.
+  gc.collect()
   try:
     with contextlib.redirect_stderr(err):
       extra = {} if default is None else {"default": default}
