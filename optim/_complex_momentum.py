@@ -219,8 +219,8 @@ def scale_by_complex_momentum(
       With Python-number hyperparameters the two buffers are updated in an
       order that lets XLA overwrite both in place (see ``_rotate``); with
       traced ones (``inject_hyperparams``) XLA:CPU copies both buffers every
-      step and the complex buffer is faster
-      (``benchmarks/complex_momentum_step.py``).
+      step, which the complex buffer avoids (its speed there is not measured;
+      ``benchmarks/complex_momentum_step.py`` times Python hyperparameters).
     accumulator_dtype: dtype of the real buffers (``None``: the parameter dtype).
       Ignored when ``complex_buffer`` is set.
 
