@@ -58,6 +58,12 @@ def _step_fn(tx):
   return jax.jit(step, donate_argnums=(0, 1))
 
 
+def _tree(key, shape, count):
+  """``count`` random float32 matrices of Flax shape ``shape``, named w0, w1, ..."""
+  return {f"w{i}": 0.02 * jax.random.normal(jax.random.fold_in(key, i), shape)
+          for i in range(count)}
+
+
 def _timed(step, params, state, grads):
   t0 = time.perf_counter()
   params, state = step(params, state, grads)
@@ -69,13 +75,11 @@ def run(shape: tuple[int, int] = SHAPE, count: int = COUNT, rounds: int = ROUNDS
   """Times every variant; returns the benchmark dict (title, rows, notes)."""
   threadpool_limits(1, user_api="blas")
   key = jax.random.key(0)
-  make = lambda k: {f"w{i}": 0.02 * jax.random.normal(jax.random.fold_in(k, i), shape)
-                    for i in range(count)}
-  grads = make(jax.random.fold_in(key, 1))
+  grads = _tree(jax.random.fold_in(key, 1), shape, count)
   runs = {}
   for name, factory in VARIANTS.items():
     tx = factory()
-    params = make(key)
+    params = _tree(key, shape, count)
     state = tx.init(params)
     step = _step_fn(tx)
     _, params, state = _timed(step, params, state, grads)  # compile + warm-up
@@ -100,9 +104,7 @@ def profile(fraction: float, shape: tuple[int, int] = SHAPE, count: int = 2, top
   """Op time of one warm `scale_by_dion` step (rcqr) by XLA op name; prints the largest."""
   threadpool_limits(1, user_api="blas")
   key = jax.random.key(0)
-  make = lambda k: {f"w{i}": 0.02 * jax.random.normal(jax.random.fold_in(k, i), shape)
-                    for i in range(count)}
-  params, grads = make(key), make(jax.random.fold_in(key, 1))
+  params, grads = _tree(key, shape, count), _tree(jax.random.fold_in(key, 1), shape, count)
   tx = D.scale_by_dion(fraction)
   step = _step_fn(tx)
   state = tx.init(params)
