@@ -13,6 +13,10 @@ server params are checked against the loop's):
   code);
 * **default**: `FedAlgorithm.round` with ``chunk_size=None``, i.e. the
   backend's `fed.simulate.default_chunk_size`;
+* **default, XLA dot layout**: the default round traced under
+  `paperlab.dots.disabled`, so the weight gradients keep the layout autodiff
+  gives them (the left operand contracted on its rows) instead of
+  `paperlab.dots.contract_minor`'s (m, k) @ (k, n) products;
 * **chunks of k**: the same round, a `lax.scan` over chunks of k clients, one
   `vmap` per chunk; **one vmap** puts every sampled client in one `vmap`.
 
@@ -55,6 +59,7 @@ sys.path.insert(0, str(HERE.parent))
 from fed import algorithms as alg  # noqa: E402
 from fed import personalization as pz  # noqa: E402
 from fed import simulate as sim  # noqa: E402
+from paperlab import dots  # noqa: E402
 
 
 NUM_CLIENTS, EXAMPLES, BATCH, HIDDEN = 1000, 64, 32, 256
@@ -118,6 +123,14 @@ def _seconds(fn) -> float:
   return time.process_time() - t
 
 
+def _xla_layout(fn):
+  """``fn`` traced and run without `paperlab.dots.contract_minor` (XLA's own dot layout)."""
+  def run():
+    with dots.disabled():
+      return fn()
+  return run
+
+
 def measure_ours(sampled=SAMPLED, chunks=CHUNKS, repeats: int = 5) -> dict:
   """``{m: {variant: [seconds per round, ...]}}`` plus the GEMM rate, in this process."""
   data, params = _problem()
@@ -135,6 +148,9 @@ def measure_ours(sampled=SAMPLED, chunks=CHUNKS, repeats: int = 5) -> dict:
     for label, chunk in ([("default", None)] + [(f"chunks of {c}", c) for c in chunks]
                          + ([("one vmap", m)] if m <= 100 else [])):  # 1000: GBs of client copies
       variants[label] = (lambda a: lambda: a.round(state, data)[0].shared)(make(chunk))
+      if label == "default":
+        variants["default, XLA dot layout"] = _xla_layout(
+            (lambda a: lambda: a.round(state, data)[0].shared)(make(chunk)))
     reference = variants["python loop"]()
     for name, fn in variants.items():
       diff = max(float(jnp.max(jnp.abs(a - b))) for a, b in
@@ -217,6 +233,7 @@ def run(sampled=SAMPLED, repeats: int = 5, passes: int = 2) -> dict:
       row[f"{name} (s)"] = round(t, 4)
     row["FLOP floor (s)"] = round(floor, 4)
     row["default / floor"] = round(med["default"] / floor, 2)
+    row["XLA dot layout / default"] = round(med["default, XLA dot layout"] / med["default"], 2)
     if theirs:
       row["FedJAX / default"] = round(med["FedJAX 0.0.17"] / med["default"], 2)
     fastest = min((n for n in med if n.startswith("chunks of")), key=med.get)

@@ -47,6 +47,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, PartitionSpec
 
+from paperlab import dots
 from paperlab import mesh as mesh_lib
 
 # loss_fn(params, x, y) -> per-example losses [B].
@@ -168,15 +169,19 @@ def phase_step(loss_fn: LossFn, merge: MergeFn, phase: Phase, state: LocalState,
   """
   w = _take(phase.train, state.u, state.v)
 
-  def objective(w):
-    u, v = _put(phase.train, w, state.u, state.v)
+  def objective(w, context):
+    (u, v), centre, frozen, x, y, mask = context
+    u, v = _put(phase.train, w, u, v)
     loss = masked_mean(loss_fn(merge(u, v, frozen), x, y), mask)
     if centre is None:
       return loss, loss
     reg = _sq_dist(_take(phase.regularized, u, v), centre)
     return loss + 0.5 * phase.prox * reg, loss
 
-  (_, loss), grads = jax.value_and_grad(objective, has_aux=True)(w)
+  grad_fn = jax.value_and_grad(objective, has_aux=True)
+  if dots.default_for_backend():  # weight gradients as plain (m, k) @ (k, n) products on CPU
+    grad_fn = dots.contract_minor(grad_fn)
+  (_, loss), grads = grad_fn(w, ((state.u, state.v), centre, frozen, x, y, mask))
   updates, opt_state = phase.tx.update(grads, state.opt_state, w)
   cap = _NO_CAP if phase.max_steps is None else phase.max_steps
   active = jnp.any(mask) & (state.steps < cap)

@@ -5,12 +5,12 @@ resumable training loop (`loop`), orbax checkpoints (`checkpoint`), metrics,
 the NaN guard and the progress bar (`metrics`), run directories, forks and
 results (`runs`), seed statistics (`stats`), atomic strict-JSON files (`files`), plots, mesh axis names
 (`mesh`), multi-process runs (`distributed`, the local launcher `launch`), small
-models and the supervised reference path. It depends on no other package of ours.
+models, the supervised reference path, and dot products in XLA:CPU's fast layout (`dots`). It depends on no other package of ours.
 """
 
 import importlib
 
-__all__ = ("checkpoint", "config", "data", "distributed", "federated", "files", "launch", "lm",
+__all__ = ("checkpoint", "config", "data", "distributed", "dots", "federated", "files", "launch", "lm",
            "loop", "mesh", "metrics", "models", "plots", "runs", "stats", "supervised")
 
 
