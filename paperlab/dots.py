@@ -30,6 +30,7 @@ from typing import Any, Callable
 
 import jax
 from jax.extend import core as jex_core
+from jax.extend.core import primitives as prims
 
 __all__ = ["contract_minor", "default_for_backend", "disabled", "minor_contraction_layout"]
 
@@ -76,7 +77,7 @@ def _read(env, var):
 
 def _swapped_output(dot_eqn, consumer) -> bool:
   """Whether ``consumer`` transposes ``dot_eqn``'s output to (batch, rhs free, lhs free)."""
-  if consumer is None or consumer.primitive is not jax.lax.transpose_p:
+  if consumer is None or consumer.primitive is not prims.transpose_p:
     return False
   (lc, rc), (lb, _) = dot_eqn.params["dimension_numbers"]
   nb = len(lb)
@@ -101,7 +102,7 @@ def _minor_dot(lhs, rhs, params):
   perm, dims = minor_contraction_layout(params["dimension_numbers"], lhs.ndim)
   if perm is not None:
     lhs = jax.lax.optimization_barrier(jax.lax.transpose(lhs, perm))
-  return jax.lax.dot_general_p.bind(lhs, rhs, **dict(params, dimension_numbers=dims))
+  return prims.dot_general_p.bind(lhs, rhs, **dict(params, dimension_numbers=dims))
 
 
 def _eval(jaxpr, consts, *args):
@@ -114,10 +115,10 @@ def _eval(jaxpr, consts, *args):
     invals = [_read(env, v) for v in eqn.invars]
     if id(eqn) in folded:
       outvals = invals
-    elif eqn.primitive is jax.lax.dot_general_p:
+    elif eqn.primitive is prims.dot_general_p:
       lhs, rhs = invals
       consumer = consumers.get(eqn.outvars[0])
-      if _swapped_output(eqn, consumer):
+      if _swapped_output(eqn, consumer) and eqn.params.get("out_sharding") is None:
         # A weight gradient: autodiff emits dot(g, x) and transposes it. Compute the
         # transposed product directly, x first, so it is x^T g with x^T materialised.
         (lc, rc), (lb, rb) = eqn.params["dimension_numbers"]
