@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import warnings
 from typing import Any, Callable
 
 import jax
@@ -144,13 +145,21 @@ def contract_minor(fn: Callable[..., Any]) -> Callable[..., Any]:
   """``fn`` with its top-level ``dot_general`` s contracting the left operand's minor dims.
 
   Same signature and outputs (pytrees in, pytrees out); ``fn`` is traced once
-  per call (use it inside `jax.jit`).
+  per call (use it inside `jax.jit`). Errors of ``fn`` itself are raised as
+  usual; if re-evaluating its jaxpr fails (a jax version whose jaxpr API this
+  module does not know), a `RuntimeWarning` names the error and ``fn`` runs
+  unchanged.
   """
 
   @functools.wraps(fn)
   def wrapped(*args):
     closed, out_shape = jax.make_jaxpr(fn, return_shape=True)(*args)
-    flat = _eval(closed.jaxpr, closed.consts, *jax.tree.leaves(args))
+    try:
+      flat = _eval(closed.jaxpr, closed.consts, *jax.tree.leaves(args))
+    except Exception as e:  # pylint: disable=broad-except
+      warnings.warn(f"paperlab.dots.contract_minor: keeping XLA's dot layout ({type(e).__name__}: "
+                    f"{e})", RuntimeWarning, stacklevel=2)
+      return fn(*args)
     return jax.tree.unflatten(jax.tree.structure(out_shape), flat)
 
   return wrapped

@@ -67,6 +67,24 @@ def test_batched_einsum_nested_jit_scan_and_vmap():
   _close(got, want, 1e-4)
 
 
+def test_an_interpreter_failure_falls_back_to_fn_with_a_warning(monkeypatch):
+  def broken(*_):
+    raise AttributeError("no such jaxpr field")
+  monkeypatch.setattr(dots, "_eval", broken)
+  p = _params(jax.random.key(7))
+  x = jax.random.normal(jax.random.key(8), (16, 64))
+  with pytest.warns(RuntimeWarning, match="no such jaxpr field"):
+    got = dots.contract_minor(jax.grad(_loss))(p, x)
+  _close(got, jax.grad(_loss)(p, x))
+
+
+def test_errors_of_fn_itself_are_raised():
+  def bad(p, x):
+    return p["w1"] @ x  # (64, 32) @ (16, 64): shapes do not match
+  with pytest.raises(TypeError):
+    dots.contract_minor(bad)(_params(jax.random.key(9)), jnp.ones((16, 64)))
+
+
 def test_disabled_is_scoped():
   assert dots.default_for_backend("cpu")
   assert not dots.default_for_backend("gpu")
