@@ -145,12 +145,12 @@ def measure_ours(sampled=SAMPLED, chunks=CHUNKS, repeats: int = 5) -> dict:
     loop_algo = make(None)
     state = loop_algo.init(params, NUM_CLIENTS, jax.random.key(0))
     variants = {"python loop": lambda: loop_algo.loop_round(state, data)[0].shared}
+    round_of = lambda algo: lambda: algo.round(state, data)[0].shared
     for label, chunk in ([("default", None)] + [(f"chunks of {c}", c) for c in chunks]
                          + ([("one vmap", m)] if m <= 100 else [])):  # 1000: GBs of client copies
-      variants[label] = (lambda a: lambda: a.round(state, data)[0].shared)(make(chunk))
+      variants[label] = round_of(make(chunk))
       if label == "default":
-        variants["default, XLA dot layout"] = _xla_layout(
-            (lambda a: lambda: a.round(state, data)[0].shared)(make(chunk)))
+        variants["default, XLA dot layout"] = _xla_layout(round_of(make(chunk)))
     reference = variants["python loop"]()
     for name, fn in variants.items():
       diff = max(float(jnp.max(jnp.abs(a - b))) for a, b in

@@ -76,9 +76,12 @@ def _read(env, var):
   return var.val if isinstance(var, jex_core.Literal) else env[var]
 
 
-def _swapped_output(dot_eqn, consumer) -> bool:
-  """Whether ``consumer`` transposes ``dot_eqn``'s output to (batch, rhs free, lhs free)."""
-  if consumer is None or consumer.primitive is not prims.transpose_p:
+def _swappable(dot_eqn, consumer) -> bool:
+  """Whether ``consumer`` transposes ``dot_eqn``'s output to (batch, rhs free, lhs free), so the
+  product can be computed with its operands swapped (not when it fixes an output sharding,
+  which names the unswapped dimensions)."""
+  if (consumer is None or consumer.primitive is not prims.transpose_p
+      or dot_eqn.params.get("out_sharding") is not None):
     return False
   (lc, rc), (lb, _) = dot_eqn.params["dimension_numbers"]
   nb = len(lb)
@@ -106,6 +109,26 @@ def _minor_dot(lhs, rhs, params):
   return prims.dot_general_p.bind(lhs, rhs, **dict(params, dimension_numbers=dims))
 
 
+def _eval_eqn(eqn, invals, consumers, folded) -> list:
+  """Outputs of one equation; a weight-gradient transpose it absorbs is added to ``folded``."""
+  if eqn.primitive is prims.dot_general_p:
+    lhs, rhs = invals
+    consumer = consumers.get(eqn.outvars[0])
+    if _swappable(eqn, consumer):
+      # A weight gradient: autodiff emits dot(g, x) and transposes it. Compute the
+      # transposed product directly, x first, so it is x^T g with x^T materialised.
+      (lc, rc), (lb, rb) = eqn.params["dimension_numbers"]
+      folded.add(id(consumer))
+      return [_minor_dot(rhs, lhs, dict(eqn.params, dimension_numbers=((rc, lc), (rb, lb))))]
+    return [_minor_dot(lhs, rhs, eqn.params)]
+  params = eqn.primitive.get_bind_params(eqn.params)
+  subfuns = ()
+  if isinstance(params, tuple):  # older jax: (subfuns, params)
+    subfuns, params = params
+  out = eqn.primitive.bind(*subfuns, *invals, **params)
+  return out if eqn.primitive.multiple_results else [out]
+
+
 def _eval(jaxpr, consts, *args):
   env: dict[Any, Any] = {}
   env.update(zip(jaxpr.constvars, consts))
@@ -114,29 +137,8 @@ def _eval(jaxpr, consts, *args):
   folded = set()  # transposes already applied by the product that feeds them (identity now)
   for eqn in jaxpr.eqns:
     invals = [_read(env, v) for v in eqn.invars]
-    if id(eqn) in folded:
-      outvals = invals
-    elif eqn.primitive is prims.dot_general_p:
-      lhs, rhs = invals
-      consumer = consumers.get(eqn.outvars[0])
-      if _swapped_output(eqn, consumer) and eqn.params.get("out_sharding") is None:
-        # A weight gradient: autodiff emits dot(g, x) and transposes it. Compute the
-        # transposed product directly, x first, so it is x^T g with x^T materialised.
-        (lc, rc), (lb, rb) = eqn.params["dimension_numbers"]
-        swapped = dict(eqn.params, dimension_numbers=((rc, lc), (rb, lb)))
-        outvals = [_minor_dot(rhs, lhs, swapped)]
-        folded.add(id(consumer))
-      else:
-        outvals = [_minor_dot(lhs, rhs, eqn.params)]
-    else:
-      params = eqn.primitive.get_bind_params(eqn.params)
-      subfuns = ()
-      if isinstance(params, tuple):  # older jax: (subfuns, params)
-        subfuns, params = params
-      with eqn.ctx.manager:
-        outvals = eqn.primitive.bind(*subfuns, *invals, **params)
-      if not eqn.primitive.multiple_results:
-        outvals = [outvals]
+    with eqn.ctx.manager:
+      outvals = invals if id(eqn) in folded else _eval_eqn(eqn, invals, consumers, folded)
     env.update(zip(eqn.outvars, outvals))
   return [_read(env, v) for v in jaxpr.outvars]
 

@@ -34,9 +34,11 @@ def _close(a, b, tol=1e-5):
 
 def test_layout_puts_batch_first_and_contracting_last():
   # x^T g: a (k, m) operand contracted on dim 0 becomes its (m, k) transpose.
-  assert dots.minor_contraction_layout((((0,), (0,)), ((), ())), 2) == ((1, 0), (((1,), (0,)), ((), ())))
+  assert (dots.minor_contraction_layout((((0,), (0,)), ((), ())), 2)
+          == ((1, 0), (((1,), (0,)), ((), ()))))
   # Already (m, k) @ (k, n): nothing to do.
-  assert dots.minor_contraction_layout((((1,), (0,)), ((), ())), 2) == (None, (((1,), (0,)), ((), ())))
+  assert (dots.minor_contraction_layout((((1,), (0,)), ((), ())), 2)
+          == (None, (((1,), (0,)), ((), ()))))
   # Batched, contracting dim in the middle: (b, k, m) -> (b, m, k).
   perm, dims = dots.minor_contraction_layout((((1,), (1,)), ((0,), (0,))), 3)
   assert perm == (0, 2, 1) and dims == (((2,), (1,)), ((0,), (0,)))
@@ -83,6 +85,17 @@ def test_errors_of_fn_itself_are_raised():
     return p["w1"] @ x  # (64, 32) @ (16, 64): shapes do not match
   with pytest.raises(TypeError):
     dots.contract_minor(bad)(_params(jax.random.key(9)), jnp.ones((16, 64)))
+
+
+def test_weight_gradient_is_swapped_unless_it_fixes_an_output_sharding():
+  jaxpr = jax.make_jaxpr(jax.grad(_loss))(_params(jax.random.key(10)), jnp.ones((16, 64))).jaxpr
+  consumers = dots._sole_consumers(jaxpr)  # pylint: disable=protected-access
+  grads = [e for e in jaxpr.eqns if e.primitive.name == "dot_general"
+           and dots._swappable(e, consumers.get(e.outvars[0]))]  # pylint: disable=protected-access
+  assert len(grads) == 2  # dW1 and dW2, each dot(g, x) followed by a transpose
+  pinned = grads[0].replace(params=dict(grads[0].params, out_sharding=object()))
+  consumer = consumers[grads[0].outvars[0]]
+  assert not dots._swappable(pinned, consumer)  # pylint: disable=protected-access
 
 
 def test_disabled_is_scoped():
