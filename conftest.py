@@ -1,14 +1,27 @@
-"""Test-wide setup (tests and doctests): 8 simulated CPU devices, set before JAX is imported anywhere."""
+"""Test-wide setup (tests and doctests): 8 simulated CPU devices, set before JAX is imported anywhere.
 
+One persistent compilation cache per test session, shared by the xdist workers and by the scripts
+the tests run in subprocesses (they inherit the environment): a program compiled twice, e.g. a
+script run, interrupted and run again, or a sweep member checked against its single run, is
+compiled once. The directory is new for each session (a clean cache, removed at exit) unless
+``JAX_COMPILATION_CACHE_DIR`` is already set.
+"""
+
+import atexit
 import os
+import shutil
+import tempfile
 
 _FLAG = "--xla_force_host_platform_device_count=8"
 if _FLAG not in os.environ.get("XLA_FLAGS", ""):
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _FLAG).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TQDM_DISABLE", "1")
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  _cache = tempfile.mkdtemp(prefix="jax-test-cache-")
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache
+  atexit.register(shutil.rmtree, _cache, ignore_errors=True)
 
-import jax  # noqa: E402  (must come after the flag)
+import jax  # noqa: E402  (must come after the flags)
 
 jax.config.update("jax_default_matmul_precision", "highest")
-
