@@ -37,7 +37,10 @@ def test_dion_divergence_keeps_only_finite_checkpoints(tmp_path, monkeypatch, ca
     config.main(dion.main)
   assert e.value.code == 1
   err = capsys.readouterr().err
-  assert "error: Non-finite values after step" in err and "state leaves" in err and "hint:" in err
+  # Which goes non-finite first, the state or the validation loss, depends on rounding; both are
+  # named (the state-leaves message itself is pinned in tests/paperlab/test_loop.py).
+  assert "error: Non-finite values after step" in err and "hint:" in err
+  assert "state leaves" in err or "metrics {'val_loss': nan}" in err, err
   ckpts = wd / "adamw_b4" / "checkpoints"
   steps = sorted(p for p in ckpts.iterdir() if p.name.isdigit())
   assert steps, "no checkpoint kept"
