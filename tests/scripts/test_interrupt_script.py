@@ -15,7 +15,10 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 import ccl  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
 
-ARGS = ["--dataset", "digits", "--epochs", "5", "--hidden", "32", "32", "--batch-size", "32",
+# Enough epochs that the Ctrl-C, sent once the BP net's first epoch is logged, lands well before
+# its last one (at 5 epochs a fast host finished the run before the signal was handled).
+EPOCHS = 20
+ARGS = ["--dataset", "digits", "--epochs", str(EPOCHS), "--hidden", "32", "32", "--batch-size", "32",
         "--diag-examples", "100", "--seeds", "0"]
 
 
@@ -46,7 +49,7 @@ def test_sigint_mid_training_then_rerun_equals_an_uninterrupted_run(tmp_path):
   assert "interrupted:" in out and "Traceback" not in out
   steps = sorted(int(p.name) for p in (wd / "bp" / "checkpoints").iterdir() if p.name.isdigit())
   per_epoch = json.loads(metrics_file.read_text().splitlines()[0])["step"]
-  assert steps and steps[-1] % per_epoch == 0 and steps[-1] < 5 * per_epoch  # saved by the interrupt
+  assert steps and steps[-1] % per_epoch == 0 and steps[-1] < EPOCHS * per_epoch  # saved by the interrupt
   assert not (wd / "results.json").exists()
   ccl.main(ARGS + ["--workdir", str(wd)])  # the same command again (in this process: faster)
   assert f"resuming at step {steps[-1]}" in (wd / "log.txt").read_text()
