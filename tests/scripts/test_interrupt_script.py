@@ -15,8 +15,9 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 import ccl  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
 
-# Enough epochs that the Ctrl-C, sent once the BP net's first epoch is logged, lands well before
-# its last one (at 5 epochs a fast host finished the run before the signal was handled).
+# The Ctrl-C is sent once the CCL net (trained first) has logged its first epoch, leaving its
+# other epochs and the whole BP net to go: a window of seconds. (Sent after the BP net's first
+# epoch of 5, the signal came too late on a fast, loaded host: the run had finished.)
 EPOCHS = 20
 ARGS = ["--dataset", "digits", "--epochs", str(EPOCHS), "--hidden", "32", "32", "--batch-size", "32",
         "--diag-examples", "100", "--seeds", "0"]
@@ -36,9 +37,9 @@ def test_sigint_mid_training_then_rerun_equals_an_uninterrupted_run(tmp_path):
   cmd = [sys.executable, str(ROOT / "scripts" / "ccl.py"), *ARGS, "--workdir", str(wd)]
   env = dict(os.environ, PYTHONPATH=str(ROOT), TQDM_DISABLE="1")
   proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-  metrics_file = wd / "bp" / "metrics.jsonl"
+  metrics_file = wd / "ccl" / "metrics.jsonl"
   deadline = time.monotonic() + 600
-  while proc.poll() is None and time.monotonic() < deadline:  # the BP net has finished an epoch
+  while proc.poll() is None and time.monotonic() < deadline:  # the CCL net has finished an epoch
     if metrics_file.exists() and metrics_file.read_text().count("\n") >= 1:
       break
     time.sleep(0.01)
@@ -47,7 +48,7 @@ def test_sigint_mid_training_then_rerun_equals_an_uninterrupted_run(tmp_path):
   out = proc.communicate(timeout=300)[0]
   assert proc.returncode == 130, out[-2000:]
   assert "interrupted:" in out and "Traceback" not in out
-  steps = sorted(int(p.name) for p in (wd / "bp" / "checkpoints").iterdir() if p.name.isdigit())
+  steps = sorted(int(p.name) for p in (wd / "ccl" / "checkpoints").iterdir() if p.name.isdigit())
   per_epoch = json.loads(metrics_file.read_text().splitlines()[0])["step"]
   assert steps and steps[-1] % per_epoch == 0 and steps[-1] < EPOCHS * per_epoch  # saved by the interrupt
   assert not (wd / "results.json").exists()
