@@ -36,7 +36,11 @@ def test_sigint_mid_training_then_rerun_equals_an_uninterrupted_run(tmp_path):
   wd = tmp_path / "run"
   cmd = [sys.executable, str(ROOT / "scripts" / "ccl.py"), *ARGS, "--workdir", str(wd)]
   env = dict(os.environ, PYTHONPATH=str(ROOT), TQDM_DISABLE="1")
-  proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  # A terminal's Ctrl-C: the child starts with SIGINT at its default even when this test runs
+  # with it ignored (a suite started in the background by a non-interactive shell, `cmd &`,
+  # ignores SIGINT, the child would inherit that, and Python would never raise KeyboardInterrupt).
+  proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
   metrics_file = wd / "ccl" / "metrics.jsonl"
   deadline = time.monotonic() + 600
   while proc.poll() is None and time.monotonic() < deadline:  # the CCL net has finished an epoch
