@@ -140,8 +140,7 @@ def measure_ours(sampled=SAMPLED, chunks=CHUNKS, repeats: int = 5) -> dict:
   data = sim.ClientData(*(jnp.asarray(a) for a in data))
   part = pz.Partition(params, pz.label_params(params, "none"))
   gemm = gemm_timer()
-  out = {"gemm_flops": gemm_rate(), "default_chunk_size": sim.default_chunk_size(), "times": {},
-         "gemm_flops_paired": {}}
+  out = {"default_chunk_size": sim.default_chunk_size(), "times": {}, "gemm_flops_paired": {}}
   for m in sampled:
     def make(chunk):
       return alg.FedAlgorithm(_loss, part, alg.phases("fedavg", optax.sgd(0.1)),
@@ -243,12 +242,10 @@ def run(sampled=SAMPLED, repeats: int = 5, passes: int = 2) -> dict:
     row["FLOP floor (s)"] = round(floor, 4)
     # Each timed round is paired with a GEMM timed just before it in the same process, so a
     # slow period slows both sides of the ratio; the median of the paired ratios is quoted.
-    paired = [t * r / (m * flops_per_client()) for o in ours
-              for t, r in zip(o["times"][str(m)]["default"], o["gemm_flops_paired"][str(m)]["default"])]
-    row["default / floor"] = round(statistics.median(paired), 2)
-    row["default / floor, best of each"] = round(
-        min(times["default"]) * max(r for o in ours for r in o["gemm_flops_paired"][str(m)]["default"])
-        / (m * flops_per_client()), 2)
+    rates = [r for o in ours for r in o["gemm_flops_paired"][str(m)]["default"]]  # same order as times
+    flops = m * flops_per_client()
+    row["default / floor"] = round(statistics.median(t * r / flops for t, r in zip(times["default"], rates)), 2)
+    row["default / floor, best of each"] = round(min(times["default"]) * max(rates) / flops, 2)
     row["XLA dot layout / default"] = round(med["default, XLA dot layout"] / med["default"], 2)
     if theirs:
       row["FedJAX / default"] = round(med["FedJAX 0.0.17"] / med["default"], 2)

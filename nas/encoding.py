@@ -149,8 +149,7 @@ _FNS = {"sigmoid": jax.nn.sigmoid, "tanh": jnp.tanh,
 
 def activate(pre: jax.Array, act: jax.Array) -> jax.Array:
   """Mix of sigmoid, tanh and leaky ReLU of ``pre`` with weights ``act[..., 3]``."""
-  outs = jnp.stack([_FNS[name](pre) for name in ACTIVATIONS], -1)
-  return jnp.sum(outs * act, axis=-1)
+  return sum(_FNS[name](pre) * act[..., k] for k, name in enumerate(ACTIVATIONS))
 
 
 def forward(net: Net, x: jax.Array, activation: str | None = None) -> jax.Array:
@@ -170,12 +169,8 @@ def forward(net: Net, x: jax.Array, activation: str | None = None) -> jax.Array:
     if l:
       h = net.w[l].T @ h
     pre = h + net.b[l][:, None]
-    if activation is None:
-      act = net.act[l]
-      h = sum(_FNS[name](pre) * act[:, k, None] for k, name in enumerate(ACTIVATIONS))
-    else:
-      h = _FNS[activation](pre)
-    h = h * net.mask[l][:, None]
+    h = (activate(pre, net.act[l][:, None, :]) if activation is None else _FNS[activation](pre)) \
+        * net.mask[l][:, None]
   return net.w[depth, :, 0] @ h + net.b[depth, 0]
 
 

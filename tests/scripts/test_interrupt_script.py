@@ -16,8 +16,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 import ccl  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
 
 # The Ctrl-C is sent once the CCL net (trained first) has logged its first epoch, leaving its
-# other epochs and the whole BP net to go: a window of seconds. (Sent after the BP net's first
-# epoch of 5, the signal came too late on a fast, loaded host: the run had finished.)
+# other epochs and the whole BP net to go: a window of seconds.
 EPOCHS = 20
 ARGS = ["--dataset", "digits", "--epochs", str(EPOCHS), "--hidden", "32", "32", "--batch-size", "32",
         "--diag-examples", "100", "--seeds", "0"]
