@@ -51,6 +51,7 @@ triangular solves and the Householder QR take it without a transposing copy.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from typing import Any
@@ -58,6 +59,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+import scipy.special
 from jax import lax
 
 QR_METHODS = ("rcqr", "cqr", "qr")
@@ -94,28 +96,59 @@ def sketch_size(rank: int, oversample: float) -> int:
   return int(math.ceil(oversample * rank / 128.0)) * 128
 
 
-def gaussian_sketch(key: jax.Array, shape: tuple[int, ...], dtype: Any) -> jax.Array:
-  """Standard normal samples of ``shape`` for the RCQR sketch (16-bit resolution).
+# Constants of the `lowbias32` integer hash (C. Wellons, "hash prospector"):
+# xor-shift 16, multiply, xor-shift 15, multiply, xor-shift 16.
+_MIX_MULTIPLIERS = (0x7FEB352D, 0x846CA68B)
 
-  The bits come from XLA's counter-based Threefry generator
-  (`lax.rng_bit_generator`, seeded with 128 bits drawn from ``key``), which on
-  CPU runs about 3x faster than the bits of `jax.random.normal`. Each 32-bit
-  word gives two samples (its high and low halves), so the generator runs for
-  half the entries: a 16-bit uniform ``(j + 1/2) / 2^15 - 1`` on ``(-1, 1)``
-  goes through ``sqrt(2) erfinv`` (|samples| <= 4.4). A sketch only has to
-  be a random subspace embedding, and RCQR orthonormalises its result again, so
-  the resolution does not reach the update. The same key gives the same sketch
-  on every device.
+
+def _mix32(x: jax.Array) -> jax.Array:
+  """A bijective avalanche mix of ``uint32`` words (every input bit flips each output bit ~1/2)."""
+  x = x ^ (x >> 16)
+  x = x * jnp.uint32(_MIX_MULTIPLIERS[0])
+  x = x ^ (x >> 15)
+  x = x * jnp.uint32(_MIX_MULTIPLIERS[1])
+  return x ^ (x >> 16)
+
+
+@functools.lru_cache(maxsize=None)
+def _normal_quantiles() -> np.ndarray:
+  """``sqrt(2) erfinv((j + 1/2) / 2^15 - 1)`` for ``j = 0 .. 2^16 - 1`` (float32, from float64)."""
+  u = (np.arange(1 << 16, dtype=np.float64) + 0.5) / 32768.0 - 1.0
+  return (math.sqrt(2.0) * scipy.special.erfinv(u)).astype(np.float32)
+
+
+def gaussian_sketch(key: jax.Array, shape: tuple[int, ...], dtype: Any) -> jax.Array:
+  r"""Standard normal samples of ``shape`` for the RCQR sketch (16-bit resolution).
+
+  A counter-based generator in two passes of a bijective 32-bit mix
+  (`_mix32`): the word at position ``c`` of a matrix is
+
+  .. math:: w_c = \mathrm{mix}(\mathrm{mix}(c \oplus s_0) + s_1),
+
+  with the seeds ``(s_0, s_1)`` drawn from ``key`` (Threefry) per matrix of the
+  leading axes. Each word gives two samples (its two 16-bit halves ``j``), read
+  from a table of the normal quantiles ``sqrt(2) erfinv((j + 1/2) / 2^15 - 1)``
+  (``|samples| <= 4.4``). On XLA:CPU this is one fused loop plus a gather from a
+  256 KB table: a 4096 x 384 sketch in ~1.5 ms against ~11 ms for Threefry bits
+  (`lax.rng_bit_generator`) through ``lax.erf_inv``. A sketch only has to be a
+  random subspace embedding and RCQR orthonormalises its result again, so
+  neither the 16-bit resolution nor the generator reaches the update. Each
+  value depends only on ``key`` and its index: the same key gives the same
+  sketch on every device, however the sketch is sharded.
   """
   if not shape or shape[-1] % 2:
     raise ValueError(f"gaussian_sketch needs an even last dimension, got shape {shape}.")
-  seed = jax.random.bits(key, (4,), jnp.uint32)
-  _, bits = lax.rng_bit_generator(seed, tuple(shape[:-1]) + (shape[-1] // 2,), dtype=jnp.uint32,
-                                  algorithm=lax.RandomAlgorithm.RNG_THREE_FRY)
-  halves = jnp.concatenate([lax.shift_right_logical(bits, jnp.uint32(16)),
-                            bits & jnp.uint32(0xFFFF)], axis=-1)
-  u = halves.astype(jnp.float32) * (2.0 / 65536.0) + (1.0 / 65536.0 - 1.0)
-  return (math.sqrt(2.0) * lax.erf_inv(u)).astype(dtype)
+  batch, rows, cols = tuple(shape[:-2]), (shape[-2] if len(shape) > 1 else 1), shape[-1] // 2
+  if rows * cols >= 1 << 32:
+    raise ValueError(f"gaussian_sketch: a matrix of {rows * cols * 2} samples exceeds the "
+                     "2^33 that one 32-bit counter covers.")
+  seeds = jax.random.bits(key, batch + (2, 1, 1), jnp.uint32)
+  counter = (lax.broadcasted_iota(jnp.uint32, (rows, cols), 0) * jnp.uint32(cols)
+             + lax.broadcasted_iota(jnp.uint32, (rows, cols), 1))
+  words = _mix32(_mix32(counter ^ seeds[..., 0, :, :]) + seeds[..., 1, :, :])
+  halves = lax.bitcast_convert_type(words, jnp.uint16).reshape(shape)
+  table = jnp.asarray(_normal_quantiles())
+  return table.at[halves.astype(jnp.int32)].get(mode="promise_in_bounds").astype(dtype)
 
 
 def _t(x: jax.Array) -> jax.Array:

@@ -97,19 +97,36 @@ def test_gaussian_sketch_is_standard_normal_and_keyed():
   assert np.all(np.isfinite(s))
 
 
-def test_gaussian_sketch_draws_one_32_bit_word_per_two_samples():
-  """Each generator word gives two 16-bit samples: the generator runs for half the entries."""
-  hlo = jax.jit(lambda k: orth.gaussian_sketch(k, (256, 384), jnp.float32)).lower(
-      jax.random.key(0)).as_text()
-  shapes = re.findall(r"stablehlo.rng_bit_generator.*?-> \(tensor<[^>]*>, tensor<([0-9x]+)xui32>\)",
-                      hlo)
-  assert shapes == ["256x192"], shapes
-  s = np.asarray(orth.gaussian_sketch(jax.random.key(1), (64, 512), jnp.float32))
-  hi, lo = s[:, :256].ravel(), s[:, 256:].ravel()  # a word's two halves: independent samples
-  assert abs(np.corrcoef(hi, lo)[0, 1]) < 0.03 and abs(np.corrcoef(hi, np.abs(lo))[0, 1]) < 0.03
-  assert np.unique(s).size > 20000  # 16-bit resolution: most of 32768 samples are distinct
+def test_gaussian_sketch_has_independent_neighbours_and_uniform_quantiles():
+  """Each 32-bit word gives two adjacent samples; words, rows and matrices are independent."""
+  s = np.asarray(orth.gaussian_sketch(jax.random.key(1), (2, 128, 512), jnp.float32), np.float64)
+  corr = lambda a, b: abs(np.corrcoef(a.ravel(), b.ravel())[0, 1])
+  assert corr(s[..., 0::2], s[..., 1::2]) < 0.02  # the two halves of one word
+  assert corr(s[..., 0::2], np.abs(s[..., 1::2])) < 0.02
+  assert corr(s[..., :-2], s[..., 2:]) < 0.02  # consecutive words, same half
+  assert corr(s[:, :-1], s[:, 1:]) < 0.02  # neighbouring rows
+  assert corr(s[0], s[1]) < 0.02  # the matrices of a batch
+  # The 16-bit quantile index is uniform: chi-square over 256 equal-probability bins
+  # (255 degrees of freedom: mean 255, sd 22.6).
+  bins = np.floor(jax.scipy.stats.norm.cdf(s).ravel() * 256).astype(int)
+  counts = np.bincount(bins, minlength=256)
+  expected = s.size / 256
+  assert np.sum((counts - expected) ** 2 / expected) < 350
+  assert np.unique(s).size > 40000  # 16-bit resolution: most of the 65536 values occur
   with pytest.raises(ValueError, match="even last dimension"):
     orth.gaussian_sketch(jax.random.key(0), (4, 7), jnp.float32)
+  with pytest.raises(ValueError, match="32-bit counter"):
+    orth.gaussian_sketch(jax.random.key(0), (1 << 16, 1 << 17), jnp.float32)
+
+
+def test_gaussian_sketch_is_the_same_however_it_is_sharded():
+  key, shape = jax.random.key(5), (2, 256, 128)
+  whole = np.asarray(orth.gaussian_sketch(key, shape, jnp.float32))
+  mesh = jax.make_mesh((8,), ("rows",), devices=jax.devices()[:8])
+  rows = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, "rows", None))
+  sharded = jax.jit(lambda k: orth.gaussian_sketch(k, shape, jnp.float32), out_shardings=rows)(key)
+  assert len(sharded.sharding.device_set) == 8
+  np.testing.assert_array_equal(np.asarray(sharded), whole)
 
 
 def test_unsharded_rcqr_applies_its_triangular_factors_by_solves():
