@@ -122,7 +122,8 @@ def _worker_official(shape, count, fraction, steps, method) -> dict:
     a @ b
     gemm.append(time.process_time() - t0)
   return {"seconds": statistics.median(times),
-          "gflops": 2 * a.shape[0] * a.shape[1] * b.shape[1] / min(gemm) / 1e9}
+          "gflops": 2 * a.shape[0] * a.shape[1] * b.shape[1] / min(gemm) / 1e9,
+          "torch": torch.__version__}
 
 
 # ------------------------------------------------------------------ driver
@@ -140,6 +141,16 @@ def official_setup() -> tuple[str, str] | None:
   except (OSError, subprocess.SubprocessError):
     return None
   return python, path
+
+
+def _checkout(path: str) -> str:
+  """``microsoft/dion at <commit>`` for a git checkout, else the path's last part."""
+  try:
+    commit = subprocess.run(["git", "-C", path, "rev-parse", "--short", "HEAD"], check=True,
+                            capture_output=True, text=True, timeout=30).stdout.strip()
+  except (OSError, subprocess.SubprocessError):
+    return os.path.basename(os.path.abspath(path))
+  return f"microsoft/dion at {commit}"
 
 
 HOW_TO = ("official comparison skipped: set DION_TORCH_PYTHON (a Python with torch) and "
@@ -178,18 +189,21 @@ def run(shape=SHAPE, count=COUNT, steps=STEPS, rounds=ROUNDS, method=METHOD,
       if setup:
         theirs.append(_spawn("official", setup[0], setup[1], args, compile_official))
     flops = floor_flops(shape, count, fraction)
+    # Over the floor: each process's step time at its own GEMM rate (paired: the
+    # rate of this shared host moves between processes), median over processes.
+    over_floor = lambda runs: round(statistics.median(
+        r["seconds"] * r["gflops"] * 1e9 / flops for r in runs), 2)
     t_ours = statistics.median(r["seconds"] for r in ours)
-    floor_ours = flops / (statistics.median(r["gflops"] for r in ours) * 1e9)
     row = {"rank fraction": label, "qr_method": method, "ours s/step": round(t_ours, 3),
-           "ours / floor": round(t_ours / floor_ours, 2)}
+           "ours / floor": over_floor(ours)}
     if setup:
       t_off = statistics.median(r["seconds"] for r in theirs)
-      floor_off = flops / (statistics.median(r["gflops"] for r in theirs) * 1e9)
-      row.update({"official s/step": round(t_off, 3), "official / floor": round(t_off / floor_off, 2),
+      row.update({"official s/step": round(t_off, 3), "official / floor": over_floor(theirs),
                   "ours / official": round(statistics.median(
                       a["seconds"] / b["seconds"] for a, b in zip(ours, theirs)), 2)})
     rows.append(row)
-    print(row, flush=True)
+    print(row, "ours:", [round(r["seconds"], 3) for r in ours], "official:",
+          [round(r["seconds"], 3) for r in theirs], flush=True)
   notes = (f"{count} float32 matrices of Flax shape {shape} (torch {shape[::-1]}), fixed "
            f"gradients, median of {steps} steps per process (process CPU time, "
            "`time.process_time`: the machine is shared, and wall time counts the other jobs), "
@@ -197,8 +211,11 @@ def run(shape=SHAPE, count=COUNT, steps=STEPS, rounds=ROUNDS, method=METHOD,
            "processes, each single-threaded and pinned to core 0; ours = jitted, donated "
            "`optim.scale_by_dion` + apply; official = `DionReference` "
            f"({'torch.compile' if compile_official else 'eager'}, cqr_warmup_steps=0). Floor = "
-           "8 p q r FLOPs per matrix at the GEMM rate ((4096 x 1024) @ (1024 x 256)) measured "
-           "in the same process." + ("" if setup else " " + HOW_TO))
+           "8 p q r FLOPs per matrix at the GEMM rate ((4096 x 1024) @ (1024 x 256), best of 5) "
+           "measured in the same process; x / floor is the median over processes of each "
+           "process's step time over its own floor." + ("" if setup else " " + HOW_TO))
+  if setup and theirs:
+    notes += f" Official code: {_checkout(setup[1])}, torch {theirs[0].get('torch', '?')} (CPU)."
   command = (f"DION_BENCH_COUNT={count} DION_BENCH_STEPS={steps} DION_BENCH_ROUNDS={rounds} "
              "DION_TORCH_PYTHON=... DION_OFFICIAL_PATH=... python benchmarks/run.py dion_official")
   return {"title": f"Dion step vs the official DionReference, {count} x {shape[0]}x{shape[1]}",
