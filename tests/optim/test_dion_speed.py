@@ -10,6 +10,7 @@ import pytest
 
 from optim import _dion as D
 from optim import orthogonalize as orth
+from paperlab import mesh as mesh_lib
 
 SHAPE = (256, 1024)  # Flax (fan_in, fan_out): stored transposed, P on fan_out
 MATRIX_BYTES = 4 * SHAPE[0] * SHAPE[1]
@@ -122,8 +123,8 @@ def test_gaussian_sketch_has_independent_neighbours_and_uniform_quantiles():
 def test_gaussian_sketch_is_the_same_however_it_is_sharded():
   key, shape = jax.random.key(5), (2, 256, 128)
   whole = np.asarray(orth.gaussian_sketch(key, shape, jnp.float32))
-  mesh = jax.make_mesh((8,), ("rows",), devices=jax.devices()[:8])
-  rows = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, "rows", None))
+  mesh = mesh_lib.make_mesh({mesh_lib.FSDP: 8}, devices=jax.devices()[:8])
+  rows = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, mesh_lib.FSDP, None))
   sharded = jax.jit(lambda k: orth.gaussian_sketch(k, shape, jnp.float32), out_shardings=rows)(key)
   assert len(sharded.sharding.device_set) == 8
   np.testing.assert_array_equal(np.asarray(sharded), whole)
