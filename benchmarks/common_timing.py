@@ -57,6 +57,22 @@ def op_microseconds(fn: Callable[[], object]) -> dict[str, float]:
   return dict(total.most_common())
 
 
+def over_floor(seconds: Sequence[float], rates: Sequence[float], flops: float) -> float:
+  r"""Median over samples of time over its own FLOP floor: :math:`\mathrm{median}_i\, t_i r_i / F`.
+
+  ``seconds[i]`` is a timed run and ``rates[i]`` (FLOP/s) the GEMM rate measured
+  next to it (same process, just before or after), so a slow period of a shared
+  host slows both and cancels; ``flops`` (``F``) is the work of one run.
+
+  Raises:
+    ValueError: on an empty input or unequal lengths.
+  """
+  if not seconds or len(seconds) != len(rates):
+    raise ValueError(f"over_floor needs paired samples, got {len(seconds)} times and "
+                     f"{len(rates)} rates.")
+  return statistics.median(t * r / flops for t, r in zip(seconds, rates))
+
+
 def is_matmul_op(name: str) -> bool:
   """An XLA:CPU op name that is a matrix product (an Eigen dot or a YNNPACK dot fusion)."""
   return "dot" in name or "ynn" in name

@@ -65,6 +65,9 @@ from fed import personalization as pz  # noqa: E402
 from fed import simulate as sim  # noqa: E402
 from paperlab import dots  # noqa: E402
 
+sys.path.insert(0, str(HERE))
+import common_timing  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
+
 
 NUM_CLIENTS, EXAMPLES, BATCH, HIDDEN = 1000, 64, 32, 256
 SAMPLED = (100, 1000)
@@ -180,7 +183,6 @@ def profile(m: int = 100, chunk: int | None = None, top: int = 8) -> dict:
   OMP_NUM_THREADS=1 XLA_FLAGS="--xla_cpu_multi_thread_eigen=false
   intra_op_parallelism_threads=1" python benchmarks/fed_round.py --profile``.
   """
-  import common_timing  # pylint: disable=g-import-not-at-top
   data, params = _problem()
   data = sim.ClientData(*(jnp.asarray(a) for a in data))
   part = pz.Partition(params, pz.label_params(params, "none"))
@@ -244,7 +246,7 @@ def run(sampled=SAMPLED, repeats: int = 5, passes: int = 2) -> dict:
     # slow period slows both sides of the ratio; the median of the paired ratios is quoted.
     rates = [r for o in ours for r in o["gemm_flops_paired"][str(m)]["default"]]  # same order as times
     flops = m * flops_per_client()
-    row["default / floor"] = round(statistics.median(t * r / flops for t, r in zip(times["default"], rates)), 2)
+    row["default / floor"] = round(common_timing.over_floor(times["default"], rates, flops), 2)
     row["default / floor, best of each"] = round(min(times["default"]) * max(rates) / flops, 2)
     row["XLA dot layout / default"] = round(med["default, XLA dot layout"] / med["default"], 2)
     if theirs:
@@ -275,7 +277,9 @@ def run(sampled=SAMPLED, repeats: int = 5, passes: int = 2) -> dict:
 
 
 if __name__ == "__main__":
-  if "--profile" in sys.argv:
+  if {"-h", "--help"} & set(sys.argv):
+    print(__doc__)
+  elif "--profile" in sys.argv:
     profile()
   elif "--json" in sys.argv:
     reps = int(sys.argv[sys.argv.index("--json") + 1]) if len(sys.argv) > sys.argv.index("--json") + 1 else 5

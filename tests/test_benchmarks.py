@@ -3,6 +3,7 @@
 import json
 import pathlib
 import re
+import statistics
 import subprocess
 import sys
 
@@ -125,3 +126,17 @@ def test_every_readme_number_next_to_a_benchmark_is_in_its_results():
       if num not in known and not block[:match.start()].rstrip().endswith(("<=", ">=")):  # goals
         offenders.append(f"{num} (next to {sorted(names)}): {block.strip()[:120]}")
   assert not offenders, "\n".join(offenders)
+
+
+def test_over_floor_pairs_each_time_with_its_own_rate():
+  # Five runs of code at 1.2-1.6x its floor; the host runs at full or half speed per run,
+  # which divides both the run's speed and the GEMM rate timed next to it.
+  flops, rate = 1e9, 50e9
+  ratios, speeds = [1.2, 1.5, 1.3, 1.4, 1.6], [0.5, 1.0, 0.5, 1.0, 0.5]
+  seconds = [q * flops / (rate * v) for q, v in zip(ratios, speeds)]
+  rates = [rate * v for v in speeds]
+  assert common_timing.over_floor(seconds, rates, flops) == pytest.approx(1.4)
+  unpaired = statistics.median(seconds) * statistics.median(rates) / flops
+  assert unpaired == pytest.approx(1.2)  # what the medians of each side would claim
+  with pytest.raises(ValueError, match="paired samples"):
+    common_timing.over_floor(seconds, rates[:-1], flops)
