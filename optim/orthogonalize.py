@@ -128,13 +128,15 @@ def gaussian_sketch(key: jax.Array, shape: tuple[int, ...], dtype: Any) -> jax.A
   with the seeds ``(s_0, s_1)`` drawn from ``key`` (Threefry) per matrix of the
   leading axes. Each word gives two samples (its two 16-bit halves ``j``), read
   from a table of the normal quantiles ``sqrt(2) erfinv((j + 1/2) / 2^15 - 1)``
-  (``|samples| <= 4.4``). On XLA:CPU this is one fused loop plus a gather from a
-  256 KB table: a 4096 x 384 sketch in ~1.5 ms against ~11 ms for Threefry bits
+  (``|samples| <= 4.33``). On XLA:CPU this is one fused loop plus a gather from a
+  256 KB table: 2.5 ms per 4096 x 384 sketch in the profile of a rank-1/4 step
+  (`benchmarks/dion_step.py --profile`) against 8.5 ms for Threefry bits
   (`lax.rng_bit_generator`) through ``lax.erf_inv``. A sketch only has to be a
-  random subspace embedding and RCQR orthonormalises its result again, so
-  neither the 16-bit resolution nor the generator reaches the update. Each
-  value depends only on ``key`` and its index: the same key gives the same
-  sketch on every device, however the sketch is sharded.
+  random subspace embedding: RCQR returns the orthonormal factor of its input
+  whatever the sketch (up to column signs and rounding), so the resolution and
+  the generator do not reach the update. Each value depends only on ``key`` and
+  its index: the same key gives the same sketch on every device, however the
+  sketch is sharded.
   """
   if not shape or shape[-1] % 2:
     raise ValueError(f"gaussian_sketch needs an even last dimension, got shape {shape}.")
