@@ -178,7 +178,9 @@ def _spawn(which, python, extra_path, args, compile_official) -> dict:
 def run(shape=SHAPE, count=COUNT, steps=STEPS, rounds=ROUNDS, method=METHOD,
         compile_official=False) -> dict:
   """Side-by-side table (title, rows, notes); without the official code, ours only."""
-  sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+  here = os.path.dirname(os.path.abspath(__file__))
+  if here not in sys.path:
+    sys.path.insert(0, here)
   import common_timing  # pylint: disable=import-outside-toplevel  (imports jax: not in the torch worker)
   setup = official_setup()
   rows = []
@@ -193,8 +195,9 @@ def run(shape=SHAPE, count=COUNT, steps=STEPS, rounds=ROUNDS, method=METHOD,
     flops = floor_flops(shape, count, fraction)
     # Over the floor: each process's step time at its own GEMM rate (paired: the
     # rate of this shared host moves between processes), median over processes.
-    over_floor = lambda runs: round(common_timing.over_floor(  # pylint: disable=cell-var-from-loop
-        [r["seconds"] for r in runs], [r["gflops"] * 1e9 for r in runs], flops), 2)
+    def over_floor(runs, flops=flops):
+      return round(common_timing.over_floor([r["seconds"] for r in runs],
+                                            [r["gflops"] * 1e9 for r in runs], flops), 2)
     t_ours = statistics.median(r["seconds"] for r in ours)
     row = {"rank fraction": label, "qr_method": method, "ours s/step": round(t_ours, 3),
            "ours / floor": over_floor(ours)}
